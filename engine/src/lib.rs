@@ -18,7 +18,7 @@ pub mod turn;
 
 pub use emotion::{Emotion, EmotionDist};
 pub use engine::{Engine, EngineError, Session, StageTiming, TurnOutput};
-pub use recipe::{Diagnostic, Recipe, RecipeError};
+pub use recipe::{Diagnostic, Recipe, RecipeError, RecipeStage};
 pub use registry::Registry;
 pub use stage::{BoxError, BuildContext, ConfigIssue, Stage, StageFactory, StageIo};
 pub use turn::{
