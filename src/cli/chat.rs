@@ -1,0 +1,110 @@
+//! `ecr chat`: run any recipe turn by turn on stdin.
+
+use clap::Args;
+use ecr::{Engine, TurnOutput};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Options of `ecr chat`.
+#[derive(Args)]
+pub struct ChatArgs {
+    /// The recipe to run.
+    #[arg(short, long)]
+    pub recipe: PathBuf,
+    /// After each turn, show the linked entities, the emotion distribution and per-stage timings.
+    #[arg(long)]
+    pub explain: bool,
+    /// Print each turn's whole record as one JSON line instead of text.
+    #[arg(long, conflicts_with = "explain")]
+    pub json: bool,
+}
+
+/// Chat until end of input. A failed turn prints its error and the chat goes on.
+pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::from_recipe(&args.recipe)?;
+    let mut session = engine.session();
+    let interactive = std::io::stdin().is_terminal();
+    let stdout = std::io::stdout();
+    let mut failures = 0usize;
+    let mut turns = 0usize;
+    if interactive {
+        eprintln!(
+            "recipe {:?}: {} stages. Type a message; Ctrl-D ends.",
+            engine.recipe().name(),
+            engine.stages().count()
+        );
+    }
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            eprint!("you> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        turns += 1;
+        let mut out = stdout.lock();
+        match session.turn(&line) {
+            Ok(o) if args.json => writeln!(out, "{}", serde_json::to_string(&o.turn)?)?,
+            Ok(o) => {
+                if !interactive {
+                    writeln!(out, "you> {line}")?;
+                }
+                if args.explain {
+                    write!(out, "{}", explain(&o))?;
+                }
+                match o.response() {
+                    Some(r) => writeln!(out, "ecr> {r}")?,
+                    None => writeln!(out, "ecr> (this recipe has no stage that writes a response)")?,
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                writeln!(out, "error: {e}")?;
+            }
+        }
+    }
+    eprintln!("{turns} turns, {failures} failed");
+    Ok(if failures > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Entities, emotions and timings of one turn, as indented lines.
+pub fn explain(o: &TurnOutput) -> String {
+    let mut s = String::new();
+    let u = &o.turn.user;
+    if u.entities.is_empty() {
+        s.push_str("   entities: none\n");
+    } else {
+        let names: Vec<String> = u
+            .entities
+            .iter()
+            .map(|e| match e.entity {
+                Some(id) => format!("{} [{:?} #{id}]", e.name, e.kind),
+                None => format!("{} [{:?}, not in KG]", e.name, e.kind),
+            })
+            .collect();
+        s.push_str(&format!("   entities: {}\n", names.join("; ")));
+    }
+    match &u.emotions {
+        Some(d) => {
+            let top: Vec<String> = d.ranked().iter().take(4).map(|(e, p)| format!("{e} {p:.2}")).collect();
+            s.push_str(&format!("   emotions: {}\n", top.join(", ")));
+        }
+        None => s.push_str("   emotions: not tagged\n"),
+    }
+    if !o.turn.candidates.is_empty() {
+        let c: Vec<String> = o.turn.candidates.iter().take(5).map(|c| format!("{} ({:.2})", c.name, c.score)).collect();
+        s.push_str(&format!("   candidates: {}\n", c.join(", ")));
+    }
+    for (k, v) in &o.turn.ext {
+        s.push_str(&format!("   ext.{k}: {v}\n"));
+    }
+    let timings: Vec<String> =
+        o.trace.iter().map(|t| format!("{} {:.2}ms", t.stage, t.duration.as_secs_f64() * 1e3)).collect();
+    s.push_str(&format!("   stages: {}\n", timings.join(", ")));
+    s
+}

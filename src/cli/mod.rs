@@ -1,0 +1,12 @@
+//! Subcommands of the `ecr` tool, one module each.
+
+pub mod chat;
+pub mod recipe;
+
+/// Log to stderr; `RUST_LOG` picks what (default: warnings, and info for ecr's own crates).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,ecr=info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
