@@ -1,1 +1,0 @@
-//! Example dynamic stage. PLACEHOLDER: being written.
