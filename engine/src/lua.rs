@@ -12,7 +12,9 @@
 //! - `weight(item, feedback, emotions)` (hook `"weight"`): a feedback mapping
 //!   m(f), called once per entry of `turn.feedback` with the item's KG id, the
 //!   feedback (`"liked"`, `"disliked"` or `"not_said"`) and a table
-//!   label → probability of the user's current emotions (empty if none). It
+//!   label → probability of the user's current emotions (empty if none, or
+//!   if the stage sets `reads = ["feedback"]` because no earlier stage
+//!   writes `user.emotions`). It
 //!   returns a finite number ≥ 0, stored in [`ItemFeedback::weight`]. The
 //!   same function is available outside a turn as [`LuaWeightFn`], for
 //!   training code that needs the user's m(f).
@@ -132,11 +134,13 @@ pub struct LuaConfig {
     /// writes `feedback`).
     #[serde(default)]
     pub hook: LuaHook,
-    /// Turn fields `run` reads (for recipe checking). Not used with `hook = "weight"`.
+    /// Turn fields `run` reads (for recipe checking). With `hook = "weight"`
+    /// it defaults to `["feedback", "user.emotions"]`; set `["feedback"]` when
+    /// no earlier stage writes the emotions (`emotions` is then an empty table).
     #[serde(default)]
     pub reads: Vec<Field>,
     /// Turn fields `run` may change; changing any other field is an error.
-    /// Not used with `hook = "weight"`.
+    /// A weight hook always writes `feedback` (leave this out).
     #[serde(default)]
     pub writes: Vec<Field>,
     /// VM instructions one call may execute (at least 1000).
@@ -340,7 +344,10 @@ impl StageFactory for LuaFactory {
     fn io(&self, config: &LuaConfig) -> StageIo {
         match config.hook {
             LuaHook::Run => StageIo::new(config.reads.clone(), config.writes.clone()),
-            LuaHook::Weight => StageIo::new([Field::Feedback, Field::UserEmotions], [Field::Feedback]),
+            LuaHook::Weight if config.reads.is_empty() => {
+                StageIo::new([Field::Feedback, Field::UserEmotions], [Field::Feedback])
+            }
+            LuaHook::Weight => StageIo::new(config.reads.clone(), [Field::Feedback]),
         }
     }
 
@@ -353,13 +360,18 @@ impl StageFactory for LuaFactory {
             issues.push(issue);
         }
         if config.hook == LuaHook::Weight {
-            for (key, list) in [("reads", &config.reads), ("writes", &config.writes)] {
-                if !list.is_empty() {
-                    issues.push(ConfigIssue::new(
-                        key,
-                        "a weight hook always reads feedback and user.emotions and writes feedback: remove this key",
-                    ));
-                }
+            let reads_ok = config.reads.is_empty()
+                || (config.reads.contains(&Field::Feedback)
+                    && config.reads.iter().all(|f| matches!(f, Field::Feedback | Field::UserEmotions)));
+            if !reads_ok {
+                issues.push(ConfigIssue::new(
+                    "reads",
+                    "a weight hook reads feedback and user.emotions: leave `reads` out, or set [\"feedback\"] \
+                     when no earlier stage writes user.emotions (the script then gets an empty emotions table)",
+                ));
+            }
+            if config.writes.iter().any(|f| *f != Field::Feedback) {
+                issues.push(ConfigIssue::new("writes", "a weight hook writes feedback only: leave `writes` out"));
             }
         }
         if config.instruction_budget < u64::from(HOOK_INTERVAL) {
@@ -386,7 +398,10 @@ impl StageFactory for LuaFactory {
                 host: LuaHost::new(ctx.stage_id(), &path, limits, LuaHook::Run)?,
                 writes: config.writes,
             }),
-            LuaHook::Weight => Box::new(LuaWeightFn::load(ctx.stage_id(), &path, limits)?),
+            LuaHook::Weight => Box::new(LuaWeightStage {
+                weight: LuaWeightFn::load(ctx.stage_id(), &path, limits)?,
+                emotions: config.reads.is_empty() || config.reads.contains(&Field::UserEmotions),
+            }),
         })
     }
 }
@@ -547,8 +562,8 @@ fn move_field(field: &Field, from: &mut Turn, to: &mut Turn) {
 /// A user-scripted feedback mapping m(f): the `weight(item, feedback,
 /// emotions)` function of a Lua script, callable from any thread.
 ///
-/// As a [`Stage`] it sets the weight of every entry of `turn.feedback`.
-/// Training code can call [`LuaWeightFn::weight`] directly.
+/// The `hook = "weight"` stage calls it for every entry of `turn.feedback`;
+/// training code can call [`LuaWeightFn::weight`] directly.
 pub struct LuaWeightFn {
     host: LuaHost,
 }
@@ -603,10 +618,17 @@ impl LuaWeightFn {
     }
 }
 
-impl Stage for LuaWeightFn {
+/// A `weight` stage: sets the weight of every entry of `turn.feedback`.
+struct LuaWeightStage {
+    weight: LuaWeightFn,
+    /// Whether the stage reads `user.emotions` (else scripts get an empty table).
+    emotions: bool,
+}
+
+impl Stage for LuaWeightStage {
     fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
-        let emotions = turn.user.emotions;
-        Ok(self.weigh(&mut turn.feedback, emotions.as_ref())?)
+        let emotions = if self.emotions { turn.user.emotions } else { None };
+        Ok(self.weight.weigh(&mut turn.feedback, emotions.as_ref())?)
     }
 }
 

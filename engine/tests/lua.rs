@@ -371,6 +371,25 @@ fn readme_feedback_mapping() {
 }
 
 #[test]
+fn a_weight_stage_may_leave_the_emotions_out() {
+    let ctx = BuildContext::new(recipes().join("ecr.toml"), "feedback");
+    let cfg = config(
+        r#"script = "lua/emotion_weight.lua"
+        hook = "weight"
+        reads = ["feedback"]"#,
+    );
+    assert!(LuaFactory.check(&cfg, &ctx).is_empty());
+    assert_eq!(LuaFactory.io(&cfg).reads, vec![Field::Feedback]);
+    let s = LuaFactory.build(cfg, &ctx).unwrap();
+    let mut turn = Turn::new(vec![], "hi");
+    turn.user.emotions = Some(EmotionDist::one_hot(Emotion::Curious));
+    turn.feedback = vec![ItemFeedback { item: 1, feedback: Feedback::NotSaid, weight: None }];
+    s.run(&mut turn).unwrap();
+    // The emotions were not passed: the script fell back to the feedback table.
+    assert_eq!(turn.feedback[0].weight, Some(0.5));
+}
+
+#[test]
 fn emotion_weighting_uses_the_emotions_and_falls_back_to_feedback() {
     let f = LuaWeightFn::load("emotion", recipes().join("lua/emotion_weight.lua"), LuaLimits::default()).unwrap();
     let mut d = EmotionDist::default();
