@@ -2,12 +2,32 @@
 //! and emotion annotations, entity linking, and ECR's training instances.
 
 pub mod annotations;
+pub mod catalogue;
+pub mod cooccur;
 pub mod emotion_source;
 pub mod error;
+pub mod instances;
 pub mod jsonl;
+pub mod kg;
+pub mod linker;
+pub mod linking_report;
 pub mod paths;
+pub mod prepare;
+pub mod redial;
+pub mod reviews;
+pub mod splits;
+pub mod text;
 
 pub use annotations::{Annotation, load_annotations};
+pub use catalogue::{Catalogue, Movie, MovieInfo};
+pub use cooccur::CoOccurrence;
 pub use emotion_source::{AnnotationSource, EmotionFile, EmotionSource, FirstOf, NoEmotions};
 pub use error::DataError;
+pub use instances::{ContextEntity, Dialogue, DialogueTurn, RecInstance};
+pub use kg::{Kg, MovieLinkKind, link_movies};
+pub use linker::{Linker, LinkerOptions};
+pub use linking_report::{LinkingReport, Prf, linking_report};
 pub use paths::data_dir;
+pub use prepare::{PrepareOptions, Prepared, Resources, SplitData, SplitStats, prepare};
+pub use redial::{Answer, Conversation, Message, load_conversations};
+pub use reviews::{Review, load_reviews};

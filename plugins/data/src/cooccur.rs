@@ -1,0 +1,105 @@
+//! ECR's global emotion co-occurrence statistics (ECR_REFERENCE.md §1.6),
+//! built from training dialogues only and stored sparsely (CSR, rows L1-normalised).
+
+use crate::instances::{Dialogue, entity_occurrences};
+use ecr_engine::Emotion;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// How many leading labels of each occurrence take part in the match.
+pub const LABELS_COMPARED: usize = 3;
+
+/// The row-normalised co-occurrence matrix C (N × N, sparse).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoOccurrence {
+    /// Number of rows and columns (KG entity ids).
+    pub n: usize,
+    /// CSR row pointers (`n + 1` entries).
+    pub row_ptr: Vec<usize>,
+    /// Column (later entity) of each stored value.
+    pub cols: Vec<u32>,
+    /// Row-normalised weights.
+    pub vals: Vec<f32>,
+}
+
+/// Whether two label lists share a label among their first three.
+pub fn labels_match(a: &[(Emotion, f32)], b: &[(Emotion, f32)]) -> bool {
+    let a = &a[..a.len().min(LABELS_COMPARED)];
+    let b = &b[..b.len().min(LABELS_COMPARED)];
+    a.iter().any(|(x, _)| b.iter().any(|(y, _)| x == y))
+}
+
+/// Raw counts: for every ordered pair of occurrences `i < j` of one dialogue
+/// (`i` earlier; the same entity allowed) whose label lists are both
+/// non-empty and share a label among their first three, `cnt[e_i][e_j] += 1`.
+/// Labels come from the ECR rule with the seeker fallback.
+pub fn count_pairs<'a>(dialogues: impl IntoIterator<Item = &'a Dialogue>) -> HashMap<(u32, u32), u32> {
+    let mut cnt = HashMap::new();
+    for d in dialogues {
+        let occ = entity_occurrences(d, true);
+        for (i, a) in occ.iter().enumerate() {
+            if a.emotions.is_empty() {
+                continue;
+            }
+            for b in &occ[i + 1..] {
+                if !b.emotions.is_empty() && labels_match(&a.emotions, &b.emotions) {
+                    *cnt.entry((a.entity, b.entity)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    cnt
+}
+
+impl CoOccurrence {
+    /// Build C over `n` entities from training dialogues.
+    pub fn build<'a>(n: usize, train: impl IntoIterator<Item = &'a Dialogue>) -> Self {
+        Self::from_counts(n, &count_pairs(train))
+    }
+
+    /// Row-normalise raw counts into CSR; entries outside `0..n` are dropped.
+    pub fn from_counts(n: usize, counts: &HashMap<(u32, u32), u32>) -> Self {
+        let mut entries: Vec<(u32, u32, u32)> = counts
+            .iter()
+            .filter(|((r, c), _)| (*r as usize) < n && (*c as usize) < n)
+            .map(|(&(r, c), &v)| (r, c, v))
+            .collect();
+        entries.sort_unstable();
+        let mut row_ptr = vec![0usize; n + 1];
+        for &(r, _, _) in &entries {
+            row_ptr[r as usize + 1] += 1;
+        }
+        for i in 0..n {
+            row_ptr[i + 1] += row_ptr[i];
+        }
+        let cols = entries.iter().map(|e| e.1).collect();
+        let mut vals: Vec<f32> = entries.iter().map(|e| e.2 as f32).collect();
+        for r in 0..n {
+            let row = &mut vals[row_ptr[r]..row_ptr[r + 1]];
+            let sum: f32 = row.iter().sum();
+            if sum > 0.0 {
+                row.iter_mut().for_each(|v| *v /= sum);
+            }
+        }
+        CoOccurrence { n, row_ptr, cols, vals }
+    }
+
+    /// Row `e`: `(column, weight)` pairs, columns ascending; empty for no counts.
+    pub fn row(&self, e: u32) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let (a, b) = match self.row_ptr.get(e as usize..e as usize + 2) {
+            Some(&[a, b]) => (a, b),
+            _ => (0, 0),
+        };
+        self.cols[a..b].iter().copied().zip(self.vals[a..b].iter().copied())
+    }
+
+    /// Number of stored (non-zero) entries.
+    pub fn nnz(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Number of rows with at least one entry.
+    pub fn nonempty_rows(&self) -> usize {
+        self.row_ptr.windows(2).filter(|w| w[1] > w[0]).count()
+    }
+}
