@@ -934,6 +934,11 @@ impl LuaHost {
         if sandbox.meter.spoiled() {
             tracing::debug!(stage = %self.script.stage, "discarding a Lua state that hit its budget or memory cap");
         } else {
+            // Keep idle states lean: collect now if the call left much garbage behind.
+            let limit = usize::try_from(self.script.limits.memory_limit_mb).unwrap_or(usize::MAX) << 20;
+            if sandbox.lua.used_memory() > limit / 4 {
+                let _ = sandbox.lua.gc_collect();
+            }
             let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             if pool.len() < self.max_idle {
                 pool.push(sandbox);

@@ -184,3 +184,97 @@ fn an_ever_growing_table_fails_in_time_and_other_sessions_go_on() {
     assert!(lua.to_string().starts_with(&expected), "{lua}");
     assert!(took < Duration::from_secs(1), "the growth took {took:?} to fail");
 }
+
+/// Prints the mean wall time of each kind of stage per call (built by its
+/// factory, run on a turn directly), and the throughput of the mixed
+/// pipeline on 8 threads.
+#[test]
+#[ignore = "a measurement: cargo test --release -p ecr-engine --test concurrency -- --ignored --nocapture"]
+fn measure_stage_overhead() {
+    use ecr_engine::dylib::DylibFactory;
+    use ecr_engine::lua::LuaFactory;
+    use ecr_engine::{BuildContext, Feedback, ItemFeedback, Stage, StageFactory, Turn, Utterance};
+    let ctx = BuildContext::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recipe.toml"), "m");
+    let lua = |with: &str| LuaFactory.build(toml::from_str(with).unwrap(), &ctx).unwrap();
+    let feedback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/lua/feedback.lua").display().to_string();
+    let cues = plugins::plugins().cues.display().to_string();
+    let cases: Vec<(&str, Box<dyn Stage>)> = vec![
+        ("lua run (noop.lua)", lua(&format!("script = {:?}", fixture("noop.lua")))),
+        (
+            "lua run (words.lua)",
+            lua(&format!("script = {:?}\nwrites = [\"ext.words\", \"ext.question\"]", fixture("words.lua"))),
+        ),
+        ("lua weight (10 items)", lua(&format!("script = {feedback:?}\nhook = \"weight\""))),
+        (
+            "dylib (cues)",
+            DylibFactory
+                .build(
+                    toml::from_str(&format!("library = {cues:?}\nreads = [\"user.text\"]\nwrites = [\"ext.cues\"]"))
+                        .unwrap(),
+                    &ctx,
+                )
+                .unwrap(),
+        ),
+    ];
+    let history: Vec<Utterance> = (0..20)
+        .map(|i| {
+            let role = if i % 2 == 0 { Role::Seeker } else { Role::Recommender };
+            Utterance::new(role, format!("utterance number {i} about some movie I liked a lot"))
+        })
+        .collect();
+    const N: u32 = 2000;
+    println!("{:<24} {:>14} {:>22}", "stage", "empty history", "history of 20 utt.");
+    for (name, stage) in &cases {
+        let mut cells = Vec::new();
+        for h in [Vec::new(), history.clone()] {
+            let mut total = Duration::ZERO;
+            for i in 0..N + 200 {
+                let mut turn = Turn::new(h.clone(), "Any good horror movies from the 80s? I loved Alien");
+                turn.feedback =
+                    (0..10).map(|item| ItemFeedback { item, feedback: Feedback::Liked, weight: None }).collect();
+                let t0 = Instant::now();
+                stage.run(&mut turn).unwrap();
+                if i >= 200 {
+                    total += t0.elapsed();
+                }
+            }
+            cells.push(format!("{:.1} µs", total.as_secs_f64() * 1e6 / f64::from(N)));
+        }
+        println!("{name:<24} {:>14} {:>22}", cells[0], cells[1]);
+    }
+
+    for (name, with) in [
+        ("endless loop → budget error", format!("script = {:?}", fixture("loop.lua"))),
+        ("growing table → memory error", format!("script = {:?}", fixture("grow.lua"))),
+    ] {
+        let stage = lua(&with);
+        let t0 = Instant::now();
+        let err = stage.run(&mut Turn::new(vec![], "hi")).unwrap_err();
+        println!("{name}: failed after {:.1?} ({err})", t0.elapsed());
+    }
+
+    let engine = mixed_engine();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for id in (t..SESSIONS).step_by(THREADS) {
+                    let mut s = engine.session();
+                    for k in 0..TURNS {
+                        s.turn(&format!("s{id} t{k}")).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let took = t0.elapsed();
+    let turns = SESSIONS * TURNS;
+    println!(
+        "mixed pipeline (lua run + lua weight + dylib), {SESSIONS} sessions x {TURNS} turns on {THREADS} threads: {took:.2?}, {:.0} turns/s",
+        turns as f64 / took.as_secs_f64()
+    );
+}

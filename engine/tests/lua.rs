@@ -146,6 +146,25 @@ fn growing_table_fails_within_a_second_with_a_memory_error() {
 }
 
 #[test]
+fn one_huge_string_hits_the_memory_cap_and_endless_recursion_overflows_the_stack() {
+    let s = stage(r#"script = "lua/edge.lua""#);
+    let err = fail(s.as_ref(), "rep");
+    assert!(matches!(err, LuaStageError::Memory { .. }), "{err}");
+    // string.rep runs no VM instructions, so the line is unknown: the script is still named.
+    assert!(err.to_string().starts_with(&format!("stage \"probe\" ({}", script("edge.lua").display())), "{err}");
+
+    let s = stage(
+        r#"script = "lua/edge.lua"
+        memory_limit_mb = 256"#,
+    );
+    let err = fail(s.as_ref(), "deep");
+    assert!(matches!(err, LuaStageError::Runtime { .. }), "{err}");
+    assert_located(&err, "edge.lua", 2);
+    assert!(err.to_string().contains("stack overflow"), "{err}");
+    s.run(&mut Turn::new(vec![], "fine")).unwrap();
+}
+
+#[test]
 fn configured_limits_apply() {
     let s = stage(
         r#"script = "lua/loop.lua"
