@@ -65,6 +65,15 @@
 //! A state whose call hit the budget or the memory cap is discarded, never
 //! reused.
 //!
+//! # Cost
+//!
+//! Measured with `cargo test --release -p ecr-engine --test concurrency --
+//! --ignored --nocapture` on the development machine: a `run` call costs
+//! about 45 µs on a small turn and about 100 µs with 20 history utterances
+//! (the turn is converted to a table and back, and compared field by field);
+//! a `weight` stage costs about 10 µs for 10 items. A script that loops is
+//! stopped after about 25 ms with the default budget.
+//!
 //! # Errors
 //!
 //! [`LuaStageError`] names the stage, the script and the line, e.g.
@@ -585,6 +594,9 @@ impl LuaWeightFn {
 
     /// Set the weight of every entry, in one call (one budget for all).
     pub fn weigh(&self, entries: &mut [ItemFeedback], emotions: Option<&EmotionDist>) -> Result<(), LuaStageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let host = &self.host;
         let weights = host.call(|sandbox, env| {
             let weight = host.function(env, LuaHook::Weight)?;
