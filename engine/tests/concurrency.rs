@@ -7,6 +7,7 @@ mod plugins;
 use ecr_engine::lua::LuaStageError;
 use ecr_engine::{Engine, EngineError, Registry, Role, Session};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -16,11 +17,16 @@ fn fixture(name: &str) -> String {
 
 /// Write `text` as a recipe in a fresh temporary directory and build it.
 fn engine(name: &str, text: &str) -> Engine {
-    let dir: PathBuf = std::env::temp_dir().join(format!("ecr-concurrency-{}-{name}", std::process::id()));
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let dir: PathBuf = std::env::temp_dir().join(format!("ecr-concurrency-{}-{name}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("recipe.toml");
     std::fs::write(&path, text).unwrap();
-    Engine::from_recipe_with(&path, &Registry::new()).unwrap_or_else(|e| panic!("recipe {name}: {e}\n{text}"))
+    let engine = Engine::from_recipe_with(&path, &Registry::new());
+    // The recipe names its scripts and library by absolute paths: it is not needed once built.
+    let _ = std::fs::remove_dir_all(&dir);
+    engine.unwrap_or_else(|e| panic!("recipe {name}: {e}\n{text}"))
 }
 
 /// A pipeline of a Lua run stage, a Lua weight stage and the example dylib stage.
