@@ -61,3 +61,24 @@ fn every_shipped_recipe_is_valid_and_shows_its_data_flow() {
     assert!(t.contains("use = \"entity_linker\"") && t.contains("# link"), "{t}");
     assert!(Path::new(&root().join("recipes/ecr.toml")).is_file());
 }
+
+#[test]
+fn a_recipe_made_only_of_lua_stages_chats_and_survives_bad_turns() {
+    let out = ecr(&["chat", "-r", "recipes/lua-chat.toml", "--explain"], Some("I loved The Matrix!\n\nthanks a lot\n"));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("emotions: like 1.00"), "{t}");
+    assert!(t.contains("ecr> Glad you liked it! (turn 1, you sound like: 100%)"), "{t}");
+    assert!(t.contains("ecr> You're welcome! (turn 2, you sound grateful: 100%)"), "{t}");
+    assert!(t.contains("2 turns, 0 failed"), "{t}");
+
+    let long = "x".repeat(20_000);
+    let out = ecr(&["chat", "-r", "recipes/lua-chat.toml", "--json"], Some(&format!("{long}\nhello there\n")));
+    let t = text(&out);
+    assert!(!out.status.success(), "a failed turn makes the exit status non-zero: {t}");
+    assert!(t.contains("error: bad input: the utterance has 20000 bytes"), "{t}");
+    let json_line = t.lines().find(|l| l.starts_with('{')).expect("the good turn still ran");
+    let turn: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    assert_eq!(turn["user"]["text"], "hello there");
+    assert!(turn["response"].as_str().unwrap().contains("turn 1"), "{turn}");
+}

@@ -91,7 +91,8 @@ pub fn explain(o: &TurnOutput) -> String {
     }
     match &u.emotions {
         Some(d) => {
-            let top: Vec<String> = d.ranked().iter().take(4).map(|(e, p)| format!("{e} {p:.2}")).collect();
+            let top: Vec<String> =
+                d.ranked().iter().filter(|(_, p)| *p >= 0.005).take(4).map(|(e, p)| format!("{e} {p:.2}")).collect();
             s.push_str(&format!("   emotions: {}\n", top.join(", ")));
         }
         None => s.push_str("   emotions: not tagged\n"),
