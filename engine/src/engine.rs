@@ -45,7 +45,7 @@ pub enum EngineError {
     #[error("{}", .0.iter().map(|f| format!("stage {:?} (use {:?}) failed to build: {}", f.stage, f.use_name, f.source)).collect::<Vec<_>>().join("\n"))]
     Build(Vec<BuildFailure>),
     /// A stage failed during a turn; the session's history is unchanged.
-    #[error("stage {stage:?} failed: {source}")]
+    #[error("{}", stage_message(stage, source))]
     Stage {
         /// Stage id.
         stage: String,
@@ -55,6 +55,13 @@ pub enum EngineError {
     /// The user input cannot be processed.
     #[error("bad input: {0}")]
     Input(String),
+}
+
+/// "stage "x" failed: why", without naming the stage twice when the source
+/// already does (Lua and dylib errors name their stage themselves).
+fn stage_message(stage: &str, source: &BoxError) -> String {
+    let why = source.to_string();
+    if why.starts_with(&format!("stage {stage:?}")) { why } else { format!("stage {stage:?} failed: {why}") }
 }
 
 /// How long one stage took in one turn.
