@@ -9,7 +9,7 @@ pub use ecr_neural as neural;
 
 /// Register every built-in stage in `registry`.
 pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
-    let _ = registry;
+    registry.register(ecr_data::EntityLinkerFactory)?;
     Ok(())
 }
 

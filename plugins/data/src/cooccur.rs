@@ -103,3 +103,96 @@ impl CoOccurrence {
         self.row_ptr.windows(2).filter(|w| w[1] > w[0]).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instances::{ContextEntity, DialogueTurn, segment};
+    use crate::linker::{Linker, LinkerOptions, tests::world};
+    use ecr_engine::{EntityKind, EntityMention, Role};
+
+    fn turn(role: Role, entities: &[u32], labels: &[Emotion]) -> DialogueTurn {
+        DialogueTurn {
+            role,
+            raw_text: String::new(),
+            text: String::new(),
+            messages: vec![],
+            movies: vec![],
+            entities: entities
+                .iter()
+                .map(|&e| EntityMention {
+                    name: e.to_string(),
+                    kind: EntityKind::Entity,
+                    entity: Some(e),
+                    movie: None,
+                    span: None,
+                })
+                .collect(),
+            emotions: None,
+            labels: labels.iter().map(|&e| (e, 0.5)).collect(),
+            labels_with_fallback: labels.iter().map(|&e| (e, 0.5)).collect(),
+        }
+    }
+
+    #[test]
+    fn counts_ordered_pairs_sharing_a_label_among_the_first_three() {
+        use Emotion::*;
+        let d = Dialogue {
+            split: "train".into(),
+            source: "train".into(),
+            conversation_id: "1".into(),
+            turns: vec![
+                turn(Role::Seeker, &[10, 11], &[Like]),
+                turn(Role::Recommender, &[12], &[]), // gets turn 2's labels
+                turn(Role::Seeker, &[10], &[Like, Happy]),
+                turn(Role::Recommender, &[13], &[]), // no seeker reply: no labels, no pairs
+            ],
+        };
+        let cnt = count_pairs([&d]);
+        // Occurrences: 10[L], 11[L], 12[L,H], 10[L,H], 13[].
+        let expect = HashMap::from([
+            ((10, 11), 1),
+            ((10, 12), 1),
+            ((10, 10), 1), // same entity later: allowed
+            ((11, 12), 1),
+            ((11, 10), 1),
+            ((12, 10), 1),
+        ]);
+        assert_eq!(cnt, expect);
+        let c = CoOccurrence::from_counts(20, &cnt);
+        assert_eq!(c.row(10).collect::<Vec<_>>(), vec![(10, 1.0 / 3.0), (11, 1.0 / 3.0), (12, 1.0 / 3.0)]);
+        assert_eq!(c.row(12).collect::<Vec<_>>(), vec![(10, 1.0)]);
+        assert_eq!(c.row(13).count(), 0);
+        assert_eq!(c.row(99).count(), 0, "out of range rows are empty");
+        assert_eq!((c.nnz(), c.nonempty_rows()), (6, 3));
+        // Directional: nothing from later to earlier unless it occurs again later.
+        assert!(!cnt.contains_key(&(12, 11)));
+    }
+
+    #[test]
+    fn only_the_first_three_labels_are_compared() {
+        use Emotion::*;
+        let a: Vec<(Emotion, f32)> = [Like, Happy, Curious, Negative].iter().map(|&e| (e, 0.5)).collect();
+        assert!(!labels_match(&a, &[(Negative, 0.9)]));
+        assert!(labels_match(&a, &[(Grateful, 0.9), (Neutral, 0.5), (Curious, 0.2)]));
+        assert!(!labels_match(&a, &[]));
+        let _ = ContextEntity { entity: 0, name: String::new(), turn: 0, emotions: vec![] };
+    }
+
+    #[test]
+    fn built_from_segmented_dialogues_with_the_seeker_fallback() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let conv = crate::instances::tests_support::conversation();
+        let d = segment(&conv, "train", "train", &l, &crate::instances::tests_support::emotions());
+        let c = CoOccurrence::build(kg.len(), [&d]);
+        // The Matrix (0, turn 0, [like, happy, like]) and Reloaded (1, turn 1, [negative]) share nothing.
+        assert!(c.row(0).all(|(col, _)| col != 1));
+        // Turn 0's two entities share "like": 0 → 7.
+        assert!(c.row(0).any(|(col, _)| col == 7));
+        for r in 0..kg.len() as u32 {
+            let s: f32 = c.row(r).map(|(_, v)| v).sum();
+            assert!(s == 0.0 || (s - 1.0).abs() < 1e-6, "row {r} sums to {s}");
+        }
+    }
+}

@@ -274,3 +274,191 @@ impl Dialogue {
         Turn { history, user, ..Default::default() }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::{conversation, emotions};
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::emotion_source::EmotionSource;
+    use crate::linker::{LinkerOptions, tests::world};
+    use std::collections::HashMap;
+
+    /// Emotions by message id, for hand-written dialogues.
+    pub(crate) struct Fixed(pub HashMap<String, EmotionDist>);
+    impl EmotionSource for Fixed {
+        fn emotions(&self, id: &str, _text: &str) -> Option<EmotionDist> {
+            self.0.get(id).copied()
+        }
+        fn describe(&self) -> String {
+            "fixed".into()
+        }
+    }
+
+    pub(crate) fn dist(pairs: &[(Emotion, f32)]) -> EmotionDist {
+        let mut d = EmotionDist::default();
+        for &(e, p) in pairs {
+            d.set(e, p);
+        }
+        d
+    }
+
+    /// Seeker = 1, recommender = 2. Messages: 0 S, 1 S (merged), 2 R, 3 R, 4 S, 5 R, 6 S.
+    pub(crate) fn conversation() -> Conversation {
+        serde_json::from_value(serde_json::json!({
+            "conversationId": "9", "initiatorWorkerId": 1, "respondentWorkerId": 2,
+            "movieMentions": {"1": "The Matrix (1999)", "2": "The Matrix Reloaded (2003)", "5": "Up (2009)"},
+            "messages": [
+                {"senderWorkerId": 1, "text": "Hi! I love sci-fi"},
+                {"senderWorkerId": 1, "text": "like @1"},
+                {"senderWorkerId": 2, "text": "Try @2 with Keanu Reeves"},
+                {"senderWorkerId": 2, "text": "or @5 and @2 &amp; more"},
+                {"senderWorkerId": 1, "text": "ugh, I hated the matrix reloaded"},
+                {"senderWorkerId": 2, "text": "Then @5"},
+                {"senderWorkerId": 1, "text": "thanks"}
+            ],
+            "initiatorQuestions": {"2": {"suggested": 1, "seen": 1, "liked": 0}, "5": {"suggested": 1, "seen": 0, "liked": 1}},
+            "respondentQuestions": []
+        }))
+        .unwrap()
+    }
+
+    pub(crate) fn emotions() -> Fixed {
+        use Emotion::*;
+        Fixed(HashMap::from([
+            ("train:9:0".to_string(), dist(&[(Like, 0.7), (Happy, 0.25), (Neutral, 0.05)])),
+            ("train:9:1".to_string(), dist(&[(Like, 0.95), (Curious, 0.05)])),
+            ("train:9:4".to_string(), dist(&[(Negative, 0.9), (Like, 0.1)])),
+            ("train:9:6".to_string(), dist(&[(Grateful, 1.0)])),
+        ]))
+    }
+
+    #[test]
+    fn consecutive_messages_of_one_sender_merge_into_one_turn() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        let roles: Vec<Role> = d.turns.iter().map(|t| t.role).collect();
+        use Role::*;
+        assert_eq!(roles, vec![Seeker, Recommender, Seeker, Recommender, Seeker]);
+        assert_eq!(d.turns[0].messages, vec![0, 1]);
+        assert_eq!(d.turns[0].raw_text, "Hi! I love sci-fi like @1");
+        assert_eq!(d.turns[0].text, "Hi! I love sci-fi like The Matrix (1999)");
+        assert_eq!(
+            d.turns[1].text,
+            "Try The Matrix Reloaded (2003) with Keanu Reeves or Up (2009) and The Matrix Reloaded (2003) & more"
+        );
+        // @-mentions are the turn's movies (duplicates kept), the rest are entities; spans point into raw_text.
+        let movies: Vec<Option<u32>> = d.turns[1].movies.iter().map(|m| m.movie).collect();
+        assert_eq!(movies, vec![Some(2), Some(5), Some(2)]);
+        let (s, e) = d.turns[1].movies[1].span.unwrap();
+        assert_eq!(&d.turns[1].raw_text[s..e], "@5");
+        assert_eq!(d.turns[1].entities[0].name, "Keanu Reeves");
+        assert_eq!(d.turns[0].entities[0].name, "Science fiction");
+        // Typed title in a seeker turn is an entity mention of the movie, not a gold @-mention.
+        assert_eq!(d.turns[2].entities[0].movie, Some(2));
+        assert!(d.turns[2].movies.is_empty());
+    }
+
+    #[test]
+    fn seeker_labels_threshold_and_concatenate_over_messages() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        use Emotion::*;
+        // p > 0.1 only (0.05 and 0.1 dropped), most probable first, messages concatenated.
+        assert_eq!(d.turns[0].labels, vec![(Like, 0.7), (Happy, 0.25), (Like, 0.95)]);
+        assert_eq!(d.turns[2].labels, vec![(Negative, 0.9)]);
+        assert!(d.turns[1].labels.is_empty() && d.turns[1].emotions.is_none(), "recommender turns carry no emotions");
+        let mean = d.turns[0].emotions.unwrap();
+        assert!((mean.get(Like) - 0.825).abs() < 1e-6);
+    }
+
+    #[test]
+    fn emotions_propagate_to_entities_by_the_ecr_rule() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        use Emotion::*;
+        // Seeker turn: its own labels. Recommender turn: the next seeker turn's labels.
+        assert_eq!(entity_labels(&d, 0, false), d.turns[0].labels);
+        assert_eq!(entity_labels(&d, 1, false), vec![(Negative, 0.9)]);
+        assert_eq!(entity_labels(&d, 3, false), vec![(Grateful, 1.0)]);
+        let occ = entity_occurrences(&d, false);
+        let got: Vec<(u32, usize)> = occ.iter().map(|c| (c.entity, c.turn)).collect();
+        // Turn 0: movie The Matrix (0) then Science fiction (7); turn 1: movies first (Reloaded twice; Up has no
+        // KG entity), then Keanu Reeves (3); turn 2: the typed Reloaded.
+        assert_eq!(got, vec![(0, 0), (7, 0), (1, 1), (1, 1), (3, 1), (1, 2)]);
+        assert!(occ.iter().filter(|c| c.turn == 1).all(|c| c.emotions == vec![(Negative, 0.9)]));
+        // A last recommender turn with no seeker reply gives nothing.
+        let mut short = d.clone();
+        short.turns.truncate(4);
+        assert!(entity_labels(&short, 3, false).is_empty());
+    }
+
+    #[test]
+    fn seeker_fallback_label_only_for_messages_with_entities() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        use Emotion::*;
+        let mut emo = emotions();
+        // Message 1 ("like @1") has an entity but no label above 0.1: its top label is kept for co-occurrence.
+        emo.0.insert("train:9:1".into(), dist(&[(Curious, 0.1), (Like, 0.09)]));
+        // Message 6 ("thanks") has no entity: no fallback.
+        emo.0.insert("train:9:6".into(), dist(&[(Grateful, 0.05)]));
+        let d = segment(&conversation(), "train", "train", &l, &emo);
+        assert_eq!(d.turns[0].labels, vec![(Like, 0.7), (Happy, 0.25)]);
+        assert_eq!(d.turns[0].labels_with_fallback, vec![(Like, 0.7), (Happy, 0.25), (Curious, 0.1)]);
+        assert!(d.turns[4].labels_with_fallback.is_empty());
+        assert_eq!(entity_labels(&d, 0, true).len(), 3);
+    }
+
+    #[test]
+    fn one_instance_per_recommender_turn_and_distinct_gold_movie_with_feedback() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let conv = conversation();
+        let d = segment(&conv, "train", "train", &l, &emotions());
+        let (inst, counts) = rec_instances(&conv, &d, 0);
+        // Turn 1: Reloaded (twice → once) and Up (no KG entity → counted, not emitted); turn 3: Up again.
+        assert_eq!(counts, GoldCounts { gold: 3, gold_in_kg: 1 });
+        assert_eq!(inst.len(), 1);
+        let i = &inst[0];
+        assert_eq!((i.turn, i.movie, i.item, i.feedback), (1, 2, 1, Feedback::Disliked));
+        assert_eq!(i.context.iter().map(|c| c.entity).collect::<Vec<_>>(), vec![0, 7], "only earlier turns");
+        assert_eq!(i.next_seeker_labels, vec![(Emotion::Negative, 0.9)]);
+        // The engine view: history = earlier turns, user = the last seeker turn.
+        let t = d.turn_before(3);
+        assert_eq!(t.history.len(), 2);
+        assert_eq!(t.user.text, "ugh, I hated the matrix reloaded");
+        assert_eq!(t.user.entities[0].movie, Some(2));
+        assert_eq!(d.turn_before(0).user.text, "");
+    }
+
+    #[test]
+    fn feedback_comes_from_the_seeker_questionnaire_missing_is_not_said() {
+        let (mut cat_world, kg) = (world().0, world().1);
+        // Give Up a KG entity through its URI so that it yields instances.
+        let mut movies = cat_world.movies().to_vec();
+        movies
+            .iter_mut()
+            .filter(|m| m.id == 5)
+            .for_each(|m| m.dbpedia = Some("<http://dbpedia.org/resource/Comedy>".into()));
+        cat_world = Catalogue::from_movies(movies);
+        let l = Linker::new(&cat_world, &kg, &LinkerOptions::default());
+        let mut conv = conversation();
+        let d = segment(&conv, "train", "train", &l, &emotions());
+        let fb = |conv: &Conversation| -> Vec<(usize, u32, Feedback)> {
+            rec_instances(conv, &d, 0).0.iter().map(|i| (i.turn, i.movie, i.feedback)).collect()
+        };
+        assert_eq!(fb(&conv), vec![(1, 2, Feedback::Disliked), (1, 5, Feedback::Liked), (3, 5, Feedback::Liked)]);
+        conv.initiator_questions.remove(&5);
+        conv.initiator_questions.get_mut(&2).unwrap().liked = 2;
+        assert_eq!(fb(&conv), vec![(1, 2, Feedback::NotSaid), (1, 5, Feedback::NotSaid), (3, 5, Feedback::NotSaid)]);
+    }
+
+    use crate::catalogue::Catalogue;
+}

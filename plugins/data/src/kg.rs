@@ -48,7 +48,8 @@ impl Kg {
         let r2i: HashMap<String, u16> = read_json(&r_path)?;
         let mut relations = vec![String::new(); r2i.values().max().map_or(0, |&m| m as usize + 1)];
         for (uri, &id) in &r2i {
-            relations[id as usize] = uri_display_name(uri).rsplit('/').next().unwrap_or_default().to_string();
+            let u = uri.trim().trim_start_matches('<').trim_end_matches('>');
+            relations[id as usize] = u.rsplit('/').next().unwrap_or(u).to_string();
         }
         let s_path = kg_dir.join("dbpedia_subkg.json");
         let sub: BTreeMap<String, Vec<(u16, u32)>> = read_json(&s_path)?;

@@ -16,6 +16,7 @@ pub mod prepare;
 pub mod redial;
 pub mod reviews;
 pub mod splits;
+pub mod stage;
 pub mod text;
 
 pub use annotations::{Annotation, load_annotations};
@@ -31,3 +32,4 @@ pub use paths::data_dir;
 pub use prepare::{PrepareOptions, Prepared, Resources, SplitData, SplitStats, prepare};
 pub use redial::{Answer, Conversation, Message, load_conversations};
 pub use reviews::{Review, load_reviews};
+pub use stage::{EntityLinkerConfig, EntityLinkerFactory};

@@ -1,0 +1,173 @@
+//! The `entity_linker` built-in stage: links `user.text` into `user.entities`
+//! and, by default, also the history utterances that have no entities yet
+//! (system responses, or a history given from outside), so that later stages
+//! (local emotion) see the entities of every turn.
+//!
+//! The catalogue, KG and automaton are loaded once per engine
+//! ([`BuildContext::shared`]) and shared by every session.
+
+use crate::linker::LinkerOptions;
+use crate::paths::data_dir;
+use crate::prepare::Resources;
+use ecr_engine::{BoxError, BuildContext, ConfigIssue, Field, Stage, StageFactory, StageIo, Turn};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn yes() -> bool {
+    true
+}
+
+/// Configuration of `entity_linker` (`[stages.<id>.with]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityLinkerConfig {
+    /// The data directory (holding `redial/` and `kg/`). Default: `$ECR_DATA_DIR`,
+    /// else `shared/data` beside the working directory or an ancestor. A
+    /// relative path resolves against the recipe's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra stop words: names made of these words do not link on their own.
+    #[serde(default)]
+    pub stop_words: Vec<String>,
+    /// Extra aliases: surface form → DBpedia resource name (the URI's last
+    /// segment, e.g. `"sci fi" = "Science_fiction"`).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    /// Link movie titles typed without `@<id>` (with or without the year).
+    #[serde(default = "yes")]
+    pub titles: bool,
+    /// Link KG entities (people, genres, companies, ...) by name.
+    #[serde(default = "yes")]
+    pub entities: bool,
+    /// Use the built-in genre aliases (`comedies` → Comedy, ...).
+    #[serde(default = "yes")]
+    pub builtin_aliases: bool,
+    /// Also link history utterances whose `entities` are empty.
+    #[serde(default = "yes")]
+    pub link_history: bool,
+}
+
+impl Default for EntityLinkerConfig {
+    fn default() -> Self {
+        EntityLinkerConfig {
+            data_dir: None,
+            stop_words: Vec::new(),
+            aliases: BTreeMap::new(),
+            titles: true,
+            entities: true,
+            builtin_aliases: true,
+            link_history: true,
+        }
+    }
+}
+
+impl EntityLinkerConfig {
+    fn options(&self) -> LinkerOptions {
+        LinkerOptions {
+            titles: self.titles,
+            entities: self.entities,
+            aliases: self.builtin_aliases,
+            extra_stop_words: self.stop_words.clone(),
+            extra_aliases: self.aliases.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            common_words: Default::default(),
+        }
+    }
+
+    fn dir(&self, ctx: &BuildContext) -> Result<PathBuf, String> {
+        match &self.data_dir {
+            Some(d) => {
+                let p = ctx.resolve(d);
+                if p.is_dir() { Ok(p) } else { Err(format!("data directory {} does not exist", p.display())) }
+            }
+            None => data_dir().map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The factory of `entity_linker`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntityLinkerFactory;
+
+/// The running `entity_linker` stage.
+pub struct EntityLinkerStage {
+    res: Arc<Resources>,
+    link_history: bool,
+}
+
+impl StageFactory for EntityLinkerFactory {
+    type Config = EntityLinkerConfig;
+
+    fn name(&self) -> &'static str {
+        "entity_linker"
+    }
+
+    fn description(&self) -> &'static str {
+        "links movies (@id or typed titles) and KG entities in user.text into user.entities"
+    }
+
+    fn io(&self, config: &Self::Config) -> StageIo {
+        if config.link_history {
+            StageIo::new([Field::UserText, Field::History], [Field::UserEntities, Field::History])
+        } else {
+            StageIo::new([Field::UserText], [Field::UserEntities])
+        }
+    }
+
+    fn check(&self, config: &Self::Config, ctx: &BuildContext) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        match config.dir(ctx) {
+            Err(e) => issues.push(ConfigIssue::new("data_dir", e)),
+            Ok(dir) => {
+                for f in ["redial/movies_with_mentions.csv", "redial/movie_entity.json", "kg/entity2id.json"] {
+                    if let Some(i) = ConfigIssue::missing_file("data_dir", &dir.join(f)) {
+                        issues.push(i);
+                    }
+                }
+            }
+        }
+        for (k, v) in &config.aliases {
+            if k.trim().is_empty() || v.trim().is_empty() || v.contains(' ') {
+                issues.push(ConfigIssue::new(
+                    format!("aliases.{k}"),
+                    format!("alias {k:?} = {v:?}: expected a non-empty surface form and a DBpedia resource name like \"Science_fiction\""),
+                ));
+            }
+        }
+        issues
+    }
+
+    fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
+        let dir = config.dir(ctx)?;
+        let opts = config.options();
+        let key = format!("ecr-data/resources:{}:{:?}", dir.display(), config_key(&config));
+        let res = ctx.shared(&key, || Resources::load(&dir, &opts).map_err(BoxError::from))?;
+        Ok(Box::new(EntityLinkerStage { res, link_history: config.link_history }))
+    }
+}
+
+fn config_key(c: &EntityLinkerConfig) -> (bool, bool, bool, &[String], &BTreeMap<String, String>) {
+    (c.titles, c.entities, c.builtin_aliases, &c.stop_words, &c.aliases)
+}
+
+impl Stage for EntityLinkerStage {
+    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+        let linker = &self.res.linker;
+        turn.user.entities = linker.link(&turn.user.text);
+        if self.link_history {
+            for u in turn.history.iter_mut().filter(|u| u.entities.is_empty()) {
+                u.entities = linker.link(&u.text);
+            }
+        }
+        tracing::trace!(entities = turn.user.entities.len(), "linked");
+        Ok(())
+    }
+}
+
+impl EntityLinkerStage {
+    /// The shared resources (catalogue, KG, linker) this stage uses.
+    pub fn resources(&self) -> &Arc<Resources> {
+        &self.res
+    }
+}

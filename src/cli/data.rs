@@ -1,0 +1,236 @@
+//! `ecr data ...`: statistics of the prepared data, the linking report against
+//! UniCRS, and a linker benchmark.
+
+use anyhow::{Context, Result};
+use ecr_data::emotion_source::{AnnotationSource, EmotionFile, EmotionSource, FirstOf};
+use ecr_data::{LinkerOptions, PrepareOptions, Prf, Resources, SplitStats};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Subcommands of `ecr data`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DataCommand {
+    /// Prepare train/valid/test from the raw data and print their statistics.
+    Stats {
+        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Emotion-tagger output (`{"id": ..., "emotions": {...}}` per line), used
+        /// for messages the annotations do not cover.
+        #[arg(long)]
+        emotions: Option<PathBuf>,
+        /// Share of train.jsonl conversations held out for validation.
+        #[arg(long, default_value_t = 0.1)]
+        valid_fraction: f64,
+        /// Seed of the validation split.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare our entity linking of the test split with UniCRS's (precision, recall, F1).
+    LinkingReport {
+        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// How many of the most frequent disagreements to list.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the entity linker on every message of the test split.
+    BenchLinker {
+        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Passes over the messages.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+fn dir(opt: Option<PathBuf>) -> Result<PathBuf> {
+    match opt {
+        Some(d) if d.is_dir() => Ok(d),
+        Some(d) => anyhow::bail!("--data-dir {} is not a directory", d.display()),
+        None => Ok(ecr_data::data_dir()?),
+    }
+}
+
+fn load_resources(dir: &Path) -> Result<(Resources, f64)> {
+    let t = Instant::now();
+    let res = Resources::load(dir, &LinkerOptions::default())
+        .with_context(|| format!("loading the catalogue and KG from {}", dir.display()))?;
+    Ok((res, t.elapsed().as_secs_f64()))
+}
+
+/// Run one `ecr data` subcommand.
+pub fn run(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Stats { data_dir, emotions, valid_fraction, seed, json } => {
+            stats(&dir(data_dir)?, emotions.as_deref(), valid_fraction, seed, json)
+        }
+        DataCommand::LinkingReport { data_dir, top, json } => linking(&dir(data_dir)?, top, json),
+        DataCommand::BenchLinker { data_dir, rounds } => bench(&dir(data_dir)?, rounds),
+    }
+}
+
+fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, json: bool) -> Result<()> {
+    anyhow::ensure!((0.0..1.0).contains(&valid_fraction), "--valid-fraction {valid_fraction}: expected 0 <= f < 1");
+    let start = Instant::now();
+    let (res, t_res) = load_resources(dir)?;
+    let t = Instant::now();
+    let ann = AnnotationSource::load(&[
+        &dir.join("emotion/annotations_train.jsonl"),
+        &dir.join("emotion/annotations_test.jsonl"),
+    ])?;
+    let source: Box<dyn EmotionSource> = match emotions {
+        Some(p) => Box::new(FirstOf(vec![Box::new(ann), Box::new(EmotionFile::load(p)?)])),
+        None => Box::new(ann),
+    };
+    let t_emo = t.elapsed().as_secs_f64();
+    let prepared = ecr_data::prepare(&res, source.as_ref(), &PrepareOptions { valid_fraction, seed })?;
+    let total = start.elapsed().as_secs_f64();
+    let splits: Vec<SplitStats> =
+        [&prepared.train, &prepared.valid, &prepared.test].iter().map(|s| s.stats()).collect();
+    let co = &prepared.cooccurrence;
+    if json {
+        let v = serde_json::json!({
+            "splits": splits,
+            "emotion_source": source.describe(),
+            "cooccurrence": {"n": co.n, "nnz": co.nnz(), "nonempty_rows": co.nonempty_rows()},
+            "kg": {"entities": res.kg.len(), "triples": res.kg.triple_count(), "items": res.kg.items.len()},
+            "catalogue_movies": res.catalogue.len(),
+            "linker_patterns": res.linker.pattern_count(),
+            "seconds": {"resources": t_res, "emotions": t_emo, "prepare": prepared.elapsed.as_secs_f64(), "total": total},
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "data: {}  catalogue {} movies, KG {} entities / {} triples / {} items, linker {} patterns",
+        dir.display(),
+        res.catalogue.len(),
+        res.kg.len(),
+        res.kg.triple_count(),
+        res.kg.items.len(),
+        res.linker.pattern_count()
+    );
+    println!("emotion source: {}", source.describe());
+    println!(
+        "{:<6} {:>6} {:>7} {:>6} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
+        "split",
+        "convs",
+        "msgs",
+        "turns",
+        "rec-t",
+        "instances",
+        "liked",
+        "disliked",
+        "not-said",
+        "kg/turn",
+        "ment/turn",
+        "gold-kg",
+        "emo-cov"
+    );
+    for s in &splits {
+        println!(
+            "{:<6} {:>6} {:>7} {:>6} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8.2} {:>9.2} {:>7.1}% {:>7.1}%",
+            s.split,
+            s.conversations,
+            s.messages,
+            s.turns,
+            s.recommender_turns,
+            s.instances,
+            s.liked,
+            s.disliked,
+            s.not_said,
+            s.kg_entities_per_turn,
+            s.mentions_per_turn,
+            100.0 * s.gold_in_kg_share,
+            100.0 * s.seeker_turns_with_emotions
+        );
+    }
+    println!(
+        "co-occurrence (train only): {} x {}, {} non-zeros in {} non-empty rows",
+        co.n,
+        co.n,
+        co.nnz(),
+        co.nonempty_rows()
+    );
+    println!(
+        "prepared in {total:.2} s (catalogue+KG+linker {t_res:.2} s, emotions {t_emo:.2} s, segment+instances+co-occurrence {:.2} s)",
+        prepared.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn prf_line(name: &str, p: &Prf) -> String {
+    format!(
+        "{name:<26} precision {:.3}  recall {:.3}  F1 {:.3}   (tp {}, fp {}, fn {})",
+        p.precision(),
+        p.recall(),
+        p.f1(),
+        p.tp,
+        p.fp,
+        p.fn_
+    )
+}
+
+fn linking(dir: &Path, top: usize, json: bool) -> Result<()> {
+    let (res, _) = load_resources(dir)?;
+    let r = ecr_data::linking_report(&res, top)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "ours vs UniCRS on the ReDial test split: {} recommender turns ({} misaligned)",
+        r.rows, r.misaligned_rows
+    );
+    println!("{}", prf_line("context entities (all)", &r.context));
+    println!("{}", prf_line("  movies", &r.context_movies));
+    println!("{}", prf_line("  other entities", &r.context_other));
+    println!("{}", prf_line("gold movies vs rec", &r.gold));
+    let list = |v: &[(String, usize)]| v.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ");
+    println!("UniCRS has, we miss (rows): {}", list(&r.top_missed));
+    println!("we have, UniCRS does not (rows): {}", list(&r.top_extra));
+    println!("gold items we miss (rows): {}", list(&r.top_missed_gold));
+    Ok(())
+}
+
+fn bench(dir: &Path, rounds: usize) -> Result<()> {
+    let (res, t_res) = load_resources(dir)?;
+    let convs = ecr_data::load_conversations(&dir.join("redial/test.jsonl"))?;
+    let texts: Vec<&str> = convs.iter().flat_map(|c| c.messages.iter().map(|m| m.text.as_str())).collect();
+    let bytes: usize = texts.iter().map(|t| t.len()).sum();
+    let mut mentions = 0usize;
+    let mut per: Vec<f64> = Vec::with_capacity(texts.len() * rounds.max(1));
+    let start = Instant::now();
+    for _ in 0..rounds.max(1) {
+        for t in &texts {
+            let s = Instant::now();
+            mentions += std::hint::black_box(res.linker.link(t)).len();
+            per.push(s.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let total = start.elapsed().as_secs_f64();
+    per.sort_by(f64::total_cmp);
+    let q = |f: f64| per[((per.len() - 1) as f64 * f) as usize];
+    println!(
+        "linked {} utterances x {} rounds ({} bytes each pass, {} mentions per pass) in {total:.3} s: mean {:.2} µs, p50 {:.2} µs, p99 {:.2} µs, max {:.1} µs per utterance (automaton built in {t_res:.2} s with the catalogue and KG, {} patterns)",
+        texts.len(),
+        rounds.max(1),
+        bytes,
+        mentions / rounds.max(1),
+        total * 1e6 / per.len() as f64,
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        res.linker.pattern_count()
+    );
+    Ok(())
+}
