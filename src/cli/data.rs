@@ -87,12 +87,21 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         &dir.join("emotion/annotations_train.jsonl"),
         &dir.join("emotion/annotations_test.jsonl"),
     ])?;
-    let source: Box<dyn EmotionSource> = match emotions {
-        Some(p) => Box::new(FirstOf(vec![Box::new(ann), Box::new(EmotionFile::load(p)?)])),
-        None => Box::new(ann),
+    // With a tagger file: train/valid use the annotations first, then the tagger; test uses the tagger only
+    // (evaluation must not see the annotators' labels). Without one: the annotations everywhere.
+    let (source, test_source): (Box<dyn EmotionSource>, Option<Box<dyn EmotionSource>>) = match emotions {
+        Some(p) => (
+            Box::new(FirstOf(vec![Box::new(ann), Box::new(EmotionFile::load(p)?)])),
+            Some(Box::new(EmotionFile::load(p)?)),
+        ),
+        None => (Box::new(ann), None),
     };
     let t_emo = t.elapsed().as_secs_f64();
-    let prepared = ecr_data::prepare(&res, source.as_ref(), &PrepareOptions { valid_fraction, seed })?;
+    let opts = PrepareOptions { valid_fraction, seed };
+    let prepared = match &test_source {
+        Some(ts) => ecr_data::prepare_with_sources(&res, source.as_ref(), ts.as_ref(), &opts)?,
+        None => ecr_data::prepare(&res, source.as_ref(), &opts)?,
+    };
     let total = start.elapsed().as_secs_f64();
     let splits: Vec<SplitStats> =
         [&prepared.train, &prepared.valid, &prepared.test].iter().map(|s| s.stats()).collect();
@@ -101,6 +110,7 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         let v = serde_json::json!({
             "splits": splits,
             "emotion_source": source.describe(),
+            "test_emotion_source": test_source.as_ref().map_or_else(|| source.describe(), |s| s.describe()),
             "cooccurrence": {"n": co.n, "nnz": co.nnz(), "nonempty_rows": co.nonempty_rows()},
             "kg": {"entities": res.kg.len(), "triples": res.kg.triple_count(), "items": res.kg.items.len()},
             "catalogue_movies": res.catalogue.len(),
@@ -119,7 +129,11 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         res.kg.items.len(),
         res.linker.pattern_count()
     );
-    println!("emotion source: {}", source.describe());
+    println!(
+        "emotion source: {} (test: {})",
+        source.describe(),
+        test_source.as_ref().map_or_else(|| source.describe(), |s| s.describe())
+    );
     println!(
         "{:<6} {:>6} {:>7} {:>6} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "split",

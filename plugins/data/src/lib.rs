@@ -29,7 +29,7 @@ pub use kg::{Kg, MovieLinkKind, link_movies};
 pub use linker::{Linker, LinkerOptions};
 pub use linking_report::{LinkingReport, Prf, linking_report};
 pub use paths::data_dir;
-pub use prepare::{PrepareOptions, Prepared, Resources, SplitData, SplitStats, prepare};
+pub use prepare::{PrepareOptions, Prepared, Resources, SplitData, SplitStats, prepare, prepare_with_sources};
 pub use redial::{Answer, Conversation, Message, load_conversations};
 pub use reviews::{Review, load_reviews};
 pub use stage::{EntityLinkerConfig, EntityLinkerFactory};

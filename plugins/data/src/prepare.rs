@@ -124,8 +124,22 @@ fn build_split(
     s
 }
 
-/// Prepare train/valid/test and the co-occurrence statistics.
+/// Prepare train/valid/test and the co-occurrence statistics, with one
+/// emotion source for every split.
 pub fn prepare(res: &Resources, emotions: &dyn EmotionSource, opts: &PrepareOptions) -> Result<Prepared, DataError> {
+    prepare_with_sources(res, emotions, emotions, opts)
+}
+
+/// As [`prepare`], with separate emotion sources for train/valid
+/// (`train.jsonl`) and for test (`test.jsonl`): e.g. annotations then tagger
+/// for training, tagger only for test so that evaluation never sees the
+/// annotators' labels.
+pub fn prepare_with_sources(
+    res: &Resources,
+    train_emotions: &dyn EmotionSource,
+    test_emotions: &dyn EmotionSource,
+    opts: &PrepareOptions,
+) -> Result<Prepared, DataError> {
     let start = Instant::now();
     let train_all = load_conversations(&require_file(&res.dir, "redial/train.jsonl")?)?;
     let test = load_conversations(&require_file(&res.dir, "redial/test.jsonl")?)?;
@@ -135,10 +149,19 @@ pub fn prepare(res: &Resources, emotions: &dyn EmotionSource, opts: &PrepareOpti
             .map(String::from)
             .collect();
     let (valid, train): (Vec<_>, Vec<_>) = train_all.into_iter().partition(|c| valid_ids.contains(&c.id));
-    let train = build_split("train", "train", train, res, emotions);
-    let valid = build_split("valid", "train", valid, res, emotions);
-    let test = build_split("test", "test", test, res, emotions);
+    let train = build_split("train", "train", train, res, train_emotions);
+    let valid = build_split("valid", "train", valid, res, train_emotions);
+    let test = build_split("test", "test", test, res, test_emotions);
     let cooccurrence = CoOccurrence::build(res.kg.len(), &train.dialogues);
+    tracing::info!(
+        train = train.dialogues.len(),
+        valid = valid.dialogues.len(),
+        test = test.dialogues.len(),
+        instances = train.instances.len() + valid.instances.len() + test.instances.len(),
+        cooccurrence_nnz = cooccurrence.nnz(),
+        seconds = start.elapsed().as_secs_f64(),
+        "data prepared"
+    );
     Ok(Prepared { train, valid, test, cooccurrence, elapsed: start.elapsed() })
 }
 
