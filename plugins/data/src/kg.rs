@@ -178,7 +178,8 @@ pub enum MovieLinkKind {
 /// KG movie entity (in `movie_ids` or `item_ids`) whose name without its
 /// qualifier equals the bare title, case-insensitively, preferring a
 /// qualifier `(<year> film)` that matches the year, then `(film)` or no
-/// qualifier, then a sole candidate whose qualifier names no year. Ambiguous titles stay unmapped.
+/// qualifier, then a sole candidate whose qualifier names no year. Entities that
+/// another catalogue movie maps to by URI are never taken by title. Ambiguous titles stay unmapped.
 pub fn link_movies(cat: &Catalogue, kg: &Kg) -> HashMap<u32, (u32, MovieLinkKind)> {
     let mut by_title: HashMap<String, Vec<(String, u32)>> = HashMap::new();
     for id in kg.movies.iter().chain(kg.items.iter()).copied().collect::<HashSet<_>>() {
@@ -194,9 +195,16 @@ pub fn link_movies(cat: &Catalogue, kg: &Kg) -> HashMap<u32, (u32, MovieLinkKind
     for m in cat.movies() {
         if let Some(id) = m.dbpedia.as_deref().and_then(|u| kg.id(u)) {
             out.insert(m.id, (id, MovieLinkKind::Uri));
+        }
+    }
+    // An entity that another catalogue movie maps to by URI is taken (Jumanji (2017) is not <Jumanji>).
+    let claimed: HashSet<u32> = out.values().map(|&(e, _)| e).collect();
+    for m in cat.movies() {
+        if out.contains_key(&m.id) {
             continue;
         }
         let Some(cands) = by_title.get(&m.bare_title.to_lowercase()) else { continue };
+        let cands: Vec<&(String, u32)> = cands.iter().filter(|(_, id)| !claimed.contains(id)).collect();
         let with_year = m.year.and_then(|y| cands.iter().find(|(q, _)| *q == format!("{y} film")));
         let plain = || cands.iter().find(|(q, _)| q.is_empty() || q == "film");
         let other_year = |q: &str| q.split(' ').any(|w| w.len() == 4 && w.bytes().all(|b| b.is_ascii_digit()));

@@ -422,6 +422,19 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn movies_map_to_the_kg_by_uri_then_by_title_never_stealing_a_claimed_entity() {
+        let (cat, kg) = world();
+        let mut movies = cat.movies().to_vec();
+        movies.push(crate::catalogue::Movie::new(6, "The Matrix (2021)", 1));
+        let cat = Catalogue::from_movies(movies);
+        let links = link_movies(&cat, &kg);
+        assert_eq!(links.get(&1), Some(&(0, crate::kg::MovieLinkKind::Uri)));
+        assert_eq!(links.get(&4), Some(&(2, crate::kg::MovieLinkKind::Title)), "It (2017) → It (2017 film)");
+        assert_eq!(links.get(&3), None, "It (1990): the only It in the KG is the 2017 film");
+        assert_eq!(links.get(&6), None, "<The_Matrix> belongs to The Matrix (1999)");
+    }
+
+    #[test]
     fn titles_with_and_without_year_case_insensitive() {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
