@@ -129,6 +129,15 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         res.kg.items.len(),
         res.linker.pattern_count()
     );
+    let links = ecr_data::link_movies(&res.catalogue, &res.kg);
+    let by_uri = links.values().filter(|(_, k)| *k == ecr_data::MovieLinkKind::Uri).count();
+    println!(
+        "catalogue movies in the KG: {} of {} ({} by movie_entity.json, {} by title)",
+        links.len(),
+        res.catalogue.len(),
+        by_uri,
+        links.len() - by_uri
+    );
     println!(
         "emotion source: {} (test: {})",
         source.describe(),
