@@ -2,7 +2,7 @@
 //! UniCRS, and a linker benchmark.
 
 use anyhow::{Context, Result};
-use ecr_data::emotion_source::{AnnotationSource, EmotionFile, EmotionSource, FirstOf};
+use ecr_data::EmotionSources;
 use ecr_data::{LinkerOptions, PrepareOptions, Prf, Resources, SplitStats};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,6 +41,19 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the prepared data as JSON for inspection: `instances_<split>.jsonl`,
+    /// `dialogues_<split>.jsonl` and `cooccurrence.json` under `--out`.
+    Export {
+        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Emotion-tagger output (see `stats`).
+        #[arg(long)]
+        emotions: Option<PathBuf>,
+        /// Output directory (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Time the entity linker on every message of the test split.
     BenchLinker {
         /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
@@ -75,6 +88,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         }
         DataCommand::LinkingReport { data_dir, top, json } => linking(&dir(data_dir)?, top, json),
         DataCommand::BenchLinker { data_dir, rounds } => bench(&dir(data_dir)?, rounds),
+        DataCommand::Export { data_dir, emotions, out } => export(&dir(data_dir)?, emotions.as_deref(), &out),
     }
 }
 
@@ -83,25 +97,10 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
     let start = Instant::now();
     let (res, t_res) = load_resources(dir)?;
     let t = Instant::now();
-    let ann = AnnotationSource::load(&[
-        &dir.join("emotion/annotations_train.jsonl"),
-        &dir.join("emotion/annotations_test.jsonl"),
-    ])?;
-    // With a tagger file: train/valid use the annotations first, then the tagger; test uses the tagger only
-    // (evaluation must not see the annotators' labels). Without one: the annotations everywhere.
-    let (source, test_source): (Box<dyn EmotionSource>, Option<Box<dyn EmotionSource>>) = match emotions {
-        Some(p) => (
-            Box::new(FirstOf(vec![Box::new(ann), Box::new(EmotionFile::load(p)?)])),
-            Some(Box::new(EmotionFile::load(p)?)),
-        ),
-        None => (Box::new(ann), None),
-    };
+    let (source, test_source) = EmotionSources::standard(dir, emotions)?;
     let t_emo = t.elapsed().as_secs_f64();
     let opts = PrepareOptions { valid_fraction, seed };
-    let prepared = match &test_source {
-        Some(ts) => ecr_data::prepare_with_sources(&res, source.as_ref(), ts.as_ref(), &opts)?,
-        None => ecr_data::prepare(&res, source.as_ref(), &opts)?,
-    };
+    let prepared = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &opts)?;
     let total = start.elapsed().as_secs_f64();
     let splits: Vec<SplitStats> =
         [&prepared.train, &prepared.valid, &prepared.test].iter().map(|s| s.stats()).collect();
@@ -110,7 +109,7 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         let v = serde_json::json!({
             "splits": splits,
             "emotion_source": source.describe(),
-            "test_emotion_source": test_source.as_ref().map_or_else(|| source.describe(), |s| s.describe()),
+            "test_emotion_source": test_source.describe(),
             "cooccurrence": {"n": co.n, "nnz": co.nnz(), "nonempty_rows": co.nonempty_rows()},
             "kg": {"entities": res.kg.len(), "triples": res.kg.triple_count(), "items": res.kg.items.len()},
             "catalogue_movies": res.catalogue.len(),
@@ -138,11 +137,7 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
         by_uri,
         links.len() - by_uri
     );
-    println!(
-        "emotion source: {} (test: {})",
-        source.describe(),
-        test_source.as_ref().map_or_else(|| source.describe(), |s| s.describe())
-    );
+    println!("emotion source: {} (test: {})", source.describe(), test_source.describe());
     println!(
         "{:<6} {:>6} {:>7} {:>6} {:>6} {:>9} {:>6} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "split",
@@ -254,6 +249,44 @@ fn bench(dir: &Path, rounds: usize) -> Result<()> {
         q(0.99),
         q(1.0),
         res.linker.pattern_count()
+    );
+    Ok(())
+}
+
+fn export(dir: &Path, emotions: Option<&Path>, out: &Path) -> Result<()> {
+    use std::io::Write;
+    let start = Instant::now();
+    let (res, _) = load_resources(dir)?;
+    let (source, test_source) = EmotionSources::standard(dir, emotions)?;
+    let p = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &PrepareOptions::default())?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let write_lines = |name: String, rows: &mut dyn Iterator<Item = serde_json::Result<String>>| -> Result<usize> {
+        let path = out.join(name);
+        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let mut n = 0;
+        for row in rows {
+            writeln!(w, "{}", row?).with_context(|| format!("writing {}", path.display()))?;
+            n += 1;
+        }
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
+        Ok(n)
+    };
+    let mut total = 0;
+    for s in [&p.train, &p.valid, &p.test] {
+        total +=
+            write_lines(format!("instances_{}.jsonl", s.name), &mut s.instances.iter().map(serde_json::to_string))?;
+        write_lines(format!("dialogues_{}.jsonl", s.name), &mut s.dialogues.iter().map(serde_json::to_string))?;
+    }
+    let co_path = out.join("cooccurrence.json");
+    std::fs::write(&co_path, serde_json::to_string(&p.cooccurrence)?)
+        .with_context(|| format!("writing {}", co_path.display()))?;
+    println!(
+        "wrote {total} instances, {} dialogues and the co-occurrence matrix ({} non-zeros) to {} in {:.2} s",
+        p.train.dialogues.len() + p.valid.dialogues.len() + p.test.dialogues.len(),
+        p.cooccurrence.nnz(),
+        out.display(),
+        start.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -22,7 +22,7 @@ pub mod text;
 pub use annotations::{Annotation, load_annotations};
 pub use catalogue::{Catalogue, Movie, MovieInfo};
 pub use cooccur::CoOccurrence;
-pub use emotion_source::{AnnotationSource, EmotionFile, EmotionSource, FirstOf, NoEmotions};
+pub use emotion_source::{AnnotationSource, EmotionFile, EmotionSource, EmotionSources, FirstOf, NoEmotions};
 pub use error::DataError;
 pub use instances::{ContextEntity, Dialogue, DialogueTurn, RecInstance};
 pub use kg::{Kg, MovieLinkKind, link_movies};
