@@ -97,7 +97,7 @@ fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, js
     let start = Instant::now();
     let (res, t_res) = load_resources(dir)?;
     let t = Instant::now();
-    let (source, test_source) = EmotionSources::standard(dir, emotions)?;
+    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, emotions)?;
     let t_emo = t.elapsed().as_secs_f64();
     let opts = PrepareOptions { valid_fraction, seed };
     let prepared = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &opts)?;
@@ -257,7 +257,7 @@ fn export(dir: &Path, emotions: Option<&Path>, out: &Path) -> Result<()> {
     use std::io::Write;
     let start = Instant::now();
     let (res, _) = load_resources(dir)?;
-    let (source, test_source) = EmotionSources::standard(dir, emotions)?;
+    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, emotions)?;
     let p = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &PrepareOptions::default())?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let write_lines = |name: String, rows: &mut dyn Iterator<Item = serde_json::Result<String>>| -> Result<usize> {

@@ -194,19 +194,20 @@ impl EmotionSource for NoEmotions {
 }
 
 /// The emotion sources for training and for test, by the project's policy.
-#[derive(Debug)]
-pub struct EmotionSources;
+pub struct EmotionSources {
+    /// For train and valid dialogues (messages of `train.jsonl`).
+    pub train: Box<dyn EmotionSource>,
+    /// For test dialogues (messages of `test.jsonl`).
+    pub test: Box<dyn EmotionSource>,
+}
 
 impl EmotionSources {
-    /// `(train/valid source, test source)` from the data directory and an
+    /// The sources from the data directory and an
     /// optional tagger output file: with a tagger file, train/valid use the
     /// annotations first and then the tagger, and test uses the tagger alone
     /// (evaluation never sees the annotators' labels); without one, the
     /// annotations (`emotion/annotations_{train,test}.jsonl`) everywhere.
-    pub fn standard(
-        data_dir: &Path,
-        tagger: Option<&Path>,
-    ) -> Result<(Box<dyn EmotionSource>, Box<dyn EmotionSource>), DataError> {
+    pub fn standard(data_dir: &Path, tagger: Option<&Path>) -> Result<Self, DataError> {
         let ann = AnnotationSource::load(&[
             &crate::paths::require_file(data_dir, "emotion/annotations_train.jsonl")?,
             &crate::paths::require_file(data_dir, "emotion/annotations_test.jsonl")?,
@@ -214,9 +215,12 @@ impl EmotionSources {
         Ok(match tagger {
             Some(p) => {
                 let file = EmotionFile::load(p)?;
-                (Box::new(FirstOf(vec![Box::new(ann), Box::new(file.clone())])), Box::new(file))
+                EmotionSources {
+                    train: Box::new(FirstOf(vec![Box::new(ann), Box::new(file.clone())])),
+                    test: Box::new(file),
+                }
             }
-            None => (Box::new(ann.clone()), Box::new(ann)),
+            None => EmotionSources { train: Box::new(ann.clone()), test: Box::new(ann) },
         })
     }
 }
