@@ -10,6 +10,7 @@ pub use ecr_neural as neural;
 /// Register every built-in stage in `registry`.
 pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
     registry.register(ecr_data::EntityLinkerFactory)?;
+    registry.register(ecr_neural::EmotionTaggerFactory)?;
     Ok(())
 }
 

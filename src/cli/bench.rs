@@ -1,0 +1,75 @@
+//! `ecr bench`: throughput measurements.
+
+use clap::Subcommand;
+use ecr::neural::TextEncoder;
+use ecr::neural::text::EncoderOptions;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to measure.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// MiniLM sentence-encoder throughput on real short utterances (the test annotations), no cache.
+    Encoder {
+        /// The MiniLM directory.
+        #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+        model_dir: PathBuf,
+        /// How many utterances to embed.
+        #[arg(long, default_value_t = 1000)]
+        texts: usize,
+        /// Utterances per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Rounds to run (the first one warms up and is not counted when there are several).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
+}
+
+/// Run a benchmark.
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Encoder { model_dir, texts, batch_size, rounds } => {
+            let opts = EncoderOptions { batch_size, ..Default::default() };
+            let enc = TextEncoder::load_with(&model_dir, opts)?;
+            let path = ecr::data::paths::require_file(&ecr::data::data_dir()?, "emotion/annotations_test.jsonl")?;
+            let mut utts: Vec<String> = ecr::data::load_annotations(&path)?.into_iter().map(|a| a.utterance).collect();
+            if utts.is_empty() {
+                anyhow::bail!("{} has no utterances", path.display());
+            }
+            while utts.len() < texts {
+                utts.extend_from_within(..utts.len().min(texts - utts.len()));
+            }
+            utts.truncate(texts);
+            let tokens: usize = utts.iter().map(|t| enc.token_count(t)).sum::<Result<usize, _>>()?;
+            let threads = std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).to_string());
+            let mut best = f64::INFINITY;
+            for round in 0..rounds.max(1) {
+                let t = Instant::now();
+                let v = enc.embed(&utts)?;
+                let s = t.elapsed().as_secs_f64();
+                anyhow::ensure!(
+                    v.len() == utts.len(),
+                    "the encoder returned {} vectors for {} texts",
+                    v.len(),
+                    utts.len()
+                );
+                if rounds <= 1 || round > 0 {
+                    best = best.min(s);
+                }
+            }
+            println!(
+                "encoder {}: {} utterances ({:.1} tokens each), batch {batch_size}, {threads} threads: {:.0} utterances/s, {:.0} tokens/s ({:.2} s)",
+                enc.id(),
+                utts.len(),
+                tokens as f64 / utts.len() as f64,
+                utts.len() as f64 / best,
+                tokens as f64 / best,
+                best
+            );
+            Ok(())
+        }
+    }
+}
