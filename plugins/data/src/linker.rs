@@ -96,6 +96,7 @@ pub struct Linker {
     movie_title: HashMap<u32, String>,
     kg_names: Vec<String>,
     kg_movies: HashSet<u32>,
+    unknown_aliases: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Linker {
@@ -205,10 +206,12 @@ impl Linker {
             }));
         }
         aliases.extend(opts.extra_aliases.iter().cloned());
+        let mut unknown_aliases = Vec::new();
         for (surface, resource) in aliases {
             let uri = format!("<http://dbpedia.org/resource/{resource}>");
-            if let Some(id) = kg.id(&uri) {
-                offer(norm(&surface), Priority::Alias, 0, Target::Entity(id));
+            match kg.id(&uri) {
+                Some(id) => offer(norm(&surface), Priority::Alias, 0, Target::Entity(id)),
+                None => unknown_aliases.push((surface, resource)),
             }
         }
         let mut patterns: Vec<(String, Target)> = best.into_iter().map(|(s, (_, _, t))| (s, t)).collect();
@@ -229,7 +232,14 @@ impl Linker {
             movie_title: cat.movies().iter().map(|m| (m.id, m.title.clone())).collect(),
             kg_names,
             kg_movies,
+            unknown_aliases,
         }
+    }
+
+    /// Aliases (built-in or configured) whose DBpedia resource is not in the KG:
+    /// `(surface, resource)`; they link nothing.
+    pub fn unknown_aliases(&self) -> &[(String, String)] {
+        &self.unknown_aliases
     }
 
     /// Number of patterns in the automaton.
@@ -471,9 +481,16 @@ pub(crate) mod tests {
             linked(&l, "any sci-fi or comedies?"),
             vec![("Science fiction".into(), None, Some(7)), ("Comedy".into(), None, Some(4)),]
         );
-        let opts = LinkerOptions { extra_stop_words: vec!["Comedy".into()], aliases: false, ..Default::default() };
+        let opts = LinkerOptions {
+            extra_stop_words: vec!["Comedy".into()],
+            aliases: false,
+            extra_aliases: vec![("keanu r".into(), "Keanu_Reeves".into()), ("x".into(), "No_Such_Thing".into())],
+            ..Default::default()
+        };
         let l = Linker::new(&cat, &kg, &opts);
         assert!(linked(&l, "a comedy").is_empty());
+        assert_eq!(linked(&l, "Keanu R!")[0].0, "Keanu Reeves");
+        assert_eq!(l.unknown_aliases(), &[("x".to_string(), "No_Such_Thing".to_string())]);
         let stop = stop_set(&[]);
         assert!(is_blocked("The Who", &stop) && is_blocked("Up", &stop) && is_blocked("42", &stop));
         assert!(!is_blocked("Star Wars", &stop) && !is_blocked("Keanu", &stop));

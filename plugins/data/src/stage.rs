@@ -143,6 +143,21 @@ impl StageFactory for EntityLinkerFactory {
         let opts = config.options();
         let key = format!("ecr-data/resources:{}:{:?}", dir.display(), config_key(&config));
         let res = ctx.shared(&key, || Resources::load(&dir, &opts).map_err(BoxError::from))?;
+        let unknown: Vec<String> = res
+            .linker
+            .unknown_aliases()
+            .iter()
+            .filter(|(s, _)| config.aliases.contains_key(s))
+            .map(|(s, r)| format!("{s:?} = {r:?}"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "aliases {}: no such entity in {}/kg/entity2id.json (write the URI's last segment, e.g. \"Science_fiction\")",
+                unknown.join(", "),
+                dir.display()
+            )
+            .into());
+        }
         Ok(Box::new(EntityLinkerStage { res, link_history: config.link_history }))
     }
 }

@@ -155,6 +155,7 @@ fn linking_agrees_with_unicrs_on_the_test_split() {
 #[test]
 fn linker_finds_typed_titles_people_and_genres() {
     let l = &resources().linker;
+    assert!(l.unknown_aliases().is_empty(), "built-in aliases name KG entities: {:?}", l.unknown_aliases());
     let names = |t: &str| l.link(t).into_iter().map(|m| m.name).collect::<Vec<_>>();
     assert_eq!(names("I loved the matrix"), vec!["The Matrix (1999)"]);
     assert_eq!(names("anything with Tom Hanks? I like comedies"), vec!["Tom Hanks", "Comedy"]);
@@ -181,6 +182,21 @@ fn the_entity_linker_stage_runs_in_an_engine() {
     reg.register(ecr_data::EntityLinkerFactory).unwrap();
     let engine = Engine::from_recipe_with(&recipe, &reg).unwrap();
     let mut s = engine.session();
+    let bad = recipe.with_extension("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[recipe]\nname = \"x\"\npipeline = [\"link\"]\n[stages.link]\nuse = \"entity_linker\"\nwith = {{ data_dir = {:?}, aliases = {{ scifi = \"Sci_Fi_Nope\" }} }}\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let err = match Engine::from_recipe_with(&bad, &reg) {
+        Ok(_) => panic!("an alias to a missing entity must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("Sci_Fi_Nope") && err.contains("entity2id"), "{err}");
+    std::fs::remove_file(&bad).unwrap();
     let out = s.turn("I loved The Matrix and Tom Hanks, any sci-fi?").unwrap();
     let names: Vec<&str> = out.turn.user.entities.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, vec!["The Matrix (1999)", "Tom Hanks", "Science fiction"]);
