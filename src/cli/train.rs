@@ -101,15 +101,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let (recipe, config) = emotion_stage(&args.recipe)?;
     let ctx = recipe.context();
     let checkpoint = ctx.resolve(&config.checkpoint);
+    let cache_dir = ctx.resolve(&config.cache_dir);
     let mut l = load_encoder(ctx, &config)?;
     let t0 = Instant::now();
     let tagger = match args.stage {
         TrainStage::Emotion => {
             let train_path = train_annotations(ctx, &config)?;
             let train = load(&train_path)?;
-            let (mut tagger, report) =
-                train_tagger(Arc::clone(&l.encoder), Some(&mut l.cache), &train, &config.train, true)?;
-            tagger.save(&checkpoint)?;
+            let (tagger, report) =
+                train_tagger(Arc::clone(&l.encoder), Some(&mut l.cache), &train, &config.train, &checkpoint, true)?;
             write_json(&checkpoint.join("train_report.json"), &report)?;
             let holdout = report.holdout.as_ref().map_or(0.0, |m| m.recall_2);
             eprintln!(
@@ -125,15 +125,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
             let test_path = data_file("emotion/annotations_test.jsonl")?;
             let test = load(&test_path)?;
-            let eval = evaluate_file(
-                &tagger,
-                Some(&mut l.cache),
-                &test_path.display().to_string(),
-                &train,
-                &test,
-                config.threshold,
-                true,
-            )?;
+            let mut eval = evaluate_file(&tagger, &l.encoder, Some(&cache_dir), &train, &test, config.threshold, true)?;
+            eval.file = test_path.display().to_string();
             write_json(&checkpoint.join("eval_annotations_test.json"), &eval)?;
             println!("{}", eval.table());
             tagger
@@ -145,7 +138,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let labels = ctx.resolve(&config.labels_file);
     let data_dir = ecr::data::data_dir()?;
-    let summary = label_redial(&tagger, Some(&mut l.cache), &data_dir, &labels, config.threshold, true)?;
+    let summary = label_redial(&tagger, Some(&cache_dir), &data_dir, &labels, config.threshold, true)?;
     eprintln!(
         "labelled {} ReDial seeker messages in {:.1} s ({:.0}/s) -> {}",
         summary.messages,
@@ -163,7 +156,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let (recipe, config) = emotion_stage(&args.recipe)?;
     let ctx = recipe.context();
-    let mut l = load_encoder(ctx, &config)?;
+    let l = load_encoder(ctx, &config)?;
     let checkpoint = ctx.resolve(&config.checkpoint);
     let tagger = EmotionTagger::load(&checkpoint, Arc::clone(&l.encoder))?;
     let test_path = match &args.annotations {
@@ -173,15 +166,16 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let test = load(&test_path)?;
     let train = load(&train_annotations(ctx, &config)?)?;
     let progress = !args.json;
-    let eval: EvalReport = evaluate_file(
+    let mut eval: EvalReport = evaluate_file(
         &tagger,
-        Some(&mut l.cache),
-        &test_path.display().to_string(),
+        &l.encoder,
+        Some(&ctx.resolve(&config.cache_dir)),
         &train,
         &test,
         config.threshold,
         progress,
     )?;
+    eval.file = test_path.display().to_string();
     let stem = test_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
     let out = checkpoint.join(format!("eval_{stem}.json"));
     write_json(&out, &eval)?;

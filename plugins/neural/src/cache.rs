@@ -30,6 +30,7 @@ pub fn text_key(text: &str) -> TextKey {
 
 /// Embeddings of one model, loaded from and appended to one file.
 pub struct EmbeddingCache {
+    model_id: String,
     path: PathBuf,
     dim: usize,
     index: HashMap<TextKey, usize>,
@@ -44,7 +45,8 @@ impl EmbeddingCache {
         let safe: String =
             model_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' }).collect();
         let path = dir.join(format!("{safe}.emb"));
-        let mut cache = EmbeddingCache { path, dim, index: HashMap::new(), data: Vec::new() };
+        let mut cache =
+            EmbeddingCache { model_id: model_id.to_string(), path, dim, index: HashMap::new(), data: Vec::new() };
         if cache.path.exists() {
             cache.read(model_id)?;
         } else {
@@ -96,6 +98,16 @@ impl EmbeddingCache {
             f.set_len(whole as u64).map_err(|e| NeuralError::io(&path, e))?;
         }
         Ok(())
+    }
+
+    /// Open the cache of `encoder` under `dir`.
+    pub fn for_encoder(dir: &Path, encoder: &TextEncoder) -> Result<Self> {
+        Self::open(dir, encoder.id(), encoder.dim())
+    }
+
+    /// The id of the model whose embeddings this cache holds.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
     }
 
     /// The cache file.
@@ -158,6 +170,14 @@ pub fn embed_cached<S: AsRef<str>>(
     let Some(cache) = cache else {
         return encoder.embed(texts);
     };
+    if cache.model_id() != encoder.id() || cache.dim != encoder.dim() {
+        return Err(NeuralError::Invalid(format!(
+            "embedding cache {} holds embeddings of {}, not of the encoder {}: open the cache for the encoder that embeds",
+            cache.path().display(),
+            cache.model_id(),
+            encoder.id()
+        )));
+    }
     let mut missing: Vec<&str> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for t in texts {

@@ -69,7 +69,7 @@ pub struct LabelSummary {
 /// and write them to `out` (labels at or below `threshold` set to 0).
 pub fn label_redial(
     tagger: &EmotionTagger,
-    cache: Option<&mut EmbeddingCache>,
+    cache_dir: Option<&Path>,
     data_dir: &Path,
     out: &Path,
     threshold: f32,
@@ -80,7 +80,8 @@ pub fn label_redial(
     let mut messages = seeker_messages(data_dir, "train", "train.jsonl")?;
     messages.extend(seeker_messages(data_dir, "test", "test.jsonl")?);
     let inputs: Vec<TaggerInput> = messages.iter().map(|m| m.input.clone()).collect();
-    let probs = tagger.predict_probs(&inputs, cache, progress)?;
+    let mut cache = cache_dir.map(|d| EmbeddingCache::for_encoder(d, tagger.encoder())).transpose()?;
+    let probs = tagger.predict_probs(&inputs, cache.as_mut(), progress)?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| crate::NeuralError::io(dir, e))?;
     }

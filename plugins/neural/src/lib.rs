@@ -5,6 +5,7 @@
 //!   its checkpoints; [`train`]: its training; [`metrics`] and [`baselines`]: its evaluation.
 
 pub mod baselines;
+pub mod bert;
 pub mod cache;
 pub mod error;
 pub mod evaluate;

@@ -183,7 +183,7 @@ mod tests {
     fn config_rejects_unknown_keys_and_fills_defaults() {
         let c: EmotionTaggerConfig = toml::from_str("threshold = 0.2\n[train]\nepochs = 3").unwrap();
         assert_eq!(c.threshold, 0.2);
-        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.train.epochs, Some(3));
         assert_eq!(c.train.hidden, TrainConfig::default().hidden);
         assert!(toml::from_str::<EmotionTaggerConfig>("treshold = 0.2").is_err());
     }

@@ -11,7 +11,7 @@
 use crate::cache::{EmbeddingCache, embed_cached};
 use crate::error::{NeuralError, Result};
 use crate::rng::Rng;
-use crate::text::{TextEncoder, sha256_file};
+use crate::text::{EncoderOptions, TextEncoder, sha256_file};
 use candle_core::{DType, Device, Tensor, Var};
 use ecr_engine::{Emotion, EmotionDist};
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,8 @@ pub const FORMAT: &str = "ecr-emotion-tagger/1";
 pub const WEIGHTS_FILE: &str = "head.safetensors";
 /// File name of the checkpoint's description in a checkpoint directory.
 pub const META_FILE: &str = "tagger.json";
+/// File name of the fine-tuned encoder's weights in a checkpoint directory.
+pub const ENCODER_FILE: &str = "encoder.safetensors";
 
 /// Which of the preceding messages the tagger embeds besides the utterance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -168,9 +170,23 @@ pub struct CheckpointMeta {
     pub head: HeadShape,
     /// The sha256 of `head.safetensors`.
     pub weights_sha256: String,
+    /// When the encoder was fine-tuned: the sha256 of `encoder.safetensors`
+    /// (the base encoder's config and tokenizer are used with it).
+    #[serde(default)]
+    pub finetuned_encoder: Option<FinetunedEncoder>,
     /// Facts about training (config, selection, timings); free-form.
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+/// A fine-tuned encoder stored in the checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetunedEncoder {
+    /// The sha256 of `encoder.safetensors`.
+    pub sha256: String,
+    /// The encoder's token limit.
+    pub max_tokens: usize,
 }
 
 /// Features `(n, input_dim)` of `inputs`: the utterance embeddings, then the
@@ -215,9 +231,27 @@ impl EmotionTagger {
             encoder_sha256: encoder.weights_sha256().to_string(),
             head: head.shape(),
             weights_sha256: String::new(),
+            finetuned_encoder: None,
             training,
         };
         EmotionTagger { encoder, head, meta }
+    }
+
+    /// A tagger whose encoder was fine-tuned from `base`.
+    pub fn new_finetuned(
+        base: &TextEncoder,
+        finetuned: Arc<TextEncoder>,
+        head: EmotionHead,
+        training: serde_json::Value,
+    ) -> Self {
+        let mut t = Self::new(finetuned, head, training);
+        t.meta.encoder_id = base.id().to_string();
+        t.meta.encoder_sha256 = base.weights_sha256().to_string();
+        t.meta.finetuned_encoder = Some(FinetunedEncoder {
+            sha256: t.encoder.weights_sha256().to_string(),
+            max_tokens: t.encoder.options().max_tokens,
+        });
+        t
     }
 
     /// The encoder.
@@ -263,6 +297,12 @@ impl EmotionTagger {
         candle_core::safetensors::save(&tensors, &weights)
             .map_err(|e| NeuralError::bad_file(&weights, format!("cannot write the head's weights: {e}")))?;
         self.meta.weights_sha256 = sha256_file(&weights)?;
+        if self.meta.finetuned_encoder.is_some() {
+            let dest = dir.join(ENCODER_FILE);
+            if self.encoder.weights_path() != dest {
+                std::fs::copy(self.encoder.weights_path(), &dest).map_err(|e| NeuralError::io(&dest, e))?;
+            }
+        }
         let meta = dir.join(META_FILE);
         let json = serde_json::to_string_pretty(&self.meta)
             .map_err(|e| NeuralError::Invalid(format!("cannot serialise the checkpoint description: {e}")))?;
@@ -313,6 +353,31 @@ impl EmotionTagger {
                 ),
             ));
         }
+        let encoder = match &meta.finetuned_encoder {
+            None => encoder,
+            Some(ft) => {
+                let path = dir.join(ENCODER_FILE);
+                let opts = EncoderOptions { max_tokens: ft.max_tokens, ..EncoderOptions::default() };
+                let enc = TextEncoder::load_parts(encoder.model_dir(), &path, opts).map_err(|e| match e {
+                    NeuralError::MissingModel { path } => NeuralError::bad_file(
+                        path,
+                        "missing: the fine-tuned encoder of this checkpoint; retrain the tagger",
+                    ),
+                    e => e,
+                })?;
+                if enc.weights_sha256() != ft.sha256 {
+                    return Err(NeuralError::bad_file(
+                        &path,
+                        format!(
+                            "corrupted: sha256 {} differs from {} recorded in {META_FILE}; retrain the tagger",
+                            enc.weights_sha256(),
+                            ft.sha256
+                        ),
+                    ));
+                }
+                Arc::new(enc)
+            }
+        };
         let sha = sha256_file(&weights_path)?;
         if sha != meta.weights_sha256 {
             return Err(NeuralError::bad_file(

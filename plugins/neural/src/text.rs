@@ -45,6 +45,11 @@ pub struct TextEncoder {
     id: String,
     weights_sha256: String,
     options: EncoderOptions,
+    model_dir: PathBuf,
+    weights_path: PathBuf,
+    layers: usize,
+    heads: usize,
+    eps: f64,
 }
 
 /// The files of a MiniLM directory, or [`NeuralError::MissingModel`] for the first one missing.
@@ -82,12 +87,22 @@ impl TextEncoder {
 
     /// Load MiniLM from `dir` with `options`.
     pub fn load_with(dir: &Path, options: EncoderOptions) -> Result<Self> {
+        let (_, _, weights) = model_files(dir)?;
+        Self::load_parts(dir, &weights, options)
+    }
+
+    /// Load the config and tokenizer of `dir` with other weights (a fine-tuned MiniLM).
+    pub fn load_parts(dir: &Path, weights: &Path, options: EncoderOptions) -> Result<Self> {
+        if !weights.is_file() {
+            return Err(NeuralError::MissingModel { path: weights.to_path_buf() });
+        }
         if options.batch_size == 0 || options.max_tokens < 2 {
             return Err(NeuralError::Invalid(format!(
                 "encoder options {options:?}: batch_size must be >= 1 and max_tokens >= 2"
             )));
         }
-        let (config_path, tokenizer_path, weights_path) = model_files(dir)?;
+        let (config_path, tokenizer_path, _) = model_files(dir)?;
+        let weights_path = weights.to_path_buf();
         let config_text = std::fs::read_to_string(&config_path).map_err(|e| NeuralError::io(&config_path, e))?;
         let config: Config = serde_json::from_str(&config_text).map_err(|e| {
             NeuralError::bad_file(&config_path, format!("not a BERT config: {e}; rerun models/fetch.sh"))
@@ -114,7 +129,54 @@ impl TextEncoder {
         })?;
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bert".into());
         let id = format!("{name}@{}", &weights_sha256[..16]);
-        Ok(TextEncoder { model, tokenizer, device, dim: config.hidden_size, id, weights_sha256, options })
+        Ok(TextEncoder {
+            model,
+            tokenizer,
+            device,
+            dim: config.hidden_size,
+            id,
+            weights_sha256,
+            options,
+            model_dir: dir.to_path_buf(),
+            weights_path,
+            layers: config.num_hidden_layers,
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps,
+        })
+    }
+
+    /// The directory the config and tokenizer came from.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    /// The weights file.
+    pub fn weights_path(&self) -> &Path {
+        &self.weights_path
+    }
+
+    /// `(layers, attention heads, layer-norm epsilon)` of the model.
+    pub fn architecture(&self) -> (usize, usize, f64) {
+        (self.layers, self.heads, self.eps)
+    }
+
+    /// Token ids and attention mask `(b, t)` of `texts`, padded to the longest
+    /// (or to `pad_to`) and truncated to `max_tokens`.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NeuralError::Tokenizer(e.to_string()))?;
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(texts.len() * len);
+        let mut mask = Vec::with_capacity(texts.len() * len);
+        for e in &encodings {
+            // Padding makes every encoding `len` long; guard anyway so shapes always agree.
+            let (i, m) = (e.get_ids(), e.get_attention_mask());
+            ids.extend((0..len).map(|k| i.get(k).copied().unwrap_or(0)));
+            mask.extend((0..len).map(|k| m.get(k).copied().unwrap_or(0)));
+        }
+        let ids = Tensor::from_vec(ids, (texts.len(), len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (texts.len(), len), &self.device)?;
+        Ok((ids, mask))
     }
 
     /// `<model dir name>@<first 16 hex digits of the weights' sha256>`: names
@@ -167,19 +229,7 @@ impl TextEncoder {
             return Ok(Tensor::zeros((0, self.dim), DType::F32, &self.device)?);
         }
         let _span = tracing::trace_span!("minilm_batch", n = texts.len()).entered();
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| NeuralError::Tokenizer(e.to_string()))?;
-        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(texts.len() * len);
-        let mut mask = Vec::with_capacity(texts.len() * len);
-        for e in &encodings {
-            // Padding makes every encoding `len` long; guard anyway so shapes always agree.
-            let (i, m) = (e.get_ids(), e.get_attention_mask());
-            ids.extend((0..len).map(|k| i.get(k).copied().unwrap_or(0)));
-            mask.extend((0..len).map(|k| m.get(k).copied().unwrap_or(0)));
-        }
-        let ids = Tensor::from_vec(ids, (texts.len(), len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (texts.len(), len), &self.device)?;
+        let (ids, mask) = self.tokenize(texts)?;
         let type_ids = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
         Ok(mean_pool_normalize(&hidden, &mask)?)

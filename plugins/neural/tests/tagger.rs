@@ -1,14 +1,14 @@
-//! The emotion tagger: a small real training run (a few hundred annotations,
-//! a few epochs), its output, checkpoint round trip and corruption errors, and
-//! the `emotion_tagger` stage on a turn.
+//! The emotion tagger: small real training runs (300 annotations, a few
+//! epochs), its output, checkpoint round trips and corruption errors, and the
+//! `emotion_tagger` stage on a turn.
 
 mod common;
 
-use ecr_engine::{BuildContext, Emotion, Role, StageFactory, Turn, Utterance};
-use ecr_neural::tagger::{META_FILE, WEIGHTS_FILE};
+use ecr_engine::{BuildContext, Emotion, EmotionDist, Role, StageFactory, Turn, Utterance};
+use ecr_neural::tagger::{ENCODER_FILE, META_FILE, WEIGHTS_FILE};
 use ecr_neural::train::{TrainConfig, input_of, train_tagger};
 use ecr_neural::{EmbeddingCache, EmotionTagger, EmotionTaggerConfig, EmotionTaggerFactory, TaggerInput, TextEncoder};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 fn encoder() -> Arc<TextEncoder> {
@@ -16,19 +16,20 @@ fn encoder() -> Arc<TextEncoder> {
     Arc::clone(ENC.get_or_init(|| Arc::new(TextEncoder::load(&common::minilm_dir()).expect("load MiniLM"))))
 }
 
-/// A tagger trained on the first 300 training annotations for 5 epochs, saved in `dir`.
-fn small_tagger(dir: &Path) -> EmotionTagger {
+/// Train on the first 300 training annotations (2 epochs fine-tuning MiniLM,
+/// or 5 epochs of a head on frozen embeddings) and save to `dir/ckpt`.
+fn small_tagger(dir: &Path, finetune: bool) -> EmotionTagger {
     let data = ecr_data::data_dir().expect("data directory");
     let ann = ecr_data::load_annotations(&data.join("emotion/annotations_train.jsonl")).expect("annotations");
     let enc = encoder();
     let mut cache = EmbeddingCache::open(&dir.join("cache"), enc.id(), enc.dim()).unwrap();
-    let cfg = TrainConfig { limit: Some(300), epochs: 5, hidden: 64, ..Default::default() };
-    let (mut tagger, report) = train_tagger(enc, Some(&mut cache), &ann, &cfg, false).expect("train");
+    let epochs = Some(if finetune { 2 } else { 5 });
+    let cfg = TrainConfig { limit: Some(300), finetune, epochs, hidden: 64, ..Default::default() };
+    let (tagger, report) = train_tagger(enc, Some(&mut cache), &ann, &cfg, &dir.join("ckpt"), false).expect("train");
     assert_eq!(report.n_train + report.n_holdout, 300);
     assert!(report.n_holdout > 0 && report.n_train > report.n_holdout);
     // Training lowers the training loss.
     assert!(report.curve.last().unwrap().0 < report.curve[0].0, "{:?}", report.curve);
-    tagger.save(&dir.join("ckpt")).expect("save");
     tagger
 }
 
@@ -43,55 +44,103 @@ fn inputs() -> Vec<TaggerInput> {
     ]
 }
 
-#[test]
-fn trained_tagger_gives_nine_label_distributions_and_reloads_identically() {
-    let dir = common::tmp_dir("tagger-roundtrip");
-    let tagger = small_tagger(&dir);
-    let out = tagger.predict(&inputs(), None).unwrap();
+/// The fine-tuned checkpoint shared by the tests (trained once), with the
+/// outputs the freshly trained tagger gave on [`inputs`].
+fn finetuned() -> &'static (PathBuf, Vec<EmotionDist>) {
+    static FT: OnceLock<(PathBuf, Vec<EmotionDist>)> = OnceLock::new();
+    FT.get_or_init(|| {
+        let dir = common::tmp_dir("tagger-finetuned");
+        let tagger = small_tagger(&dir, true);
+        let out = tagger.predict(&inputs(), None).unwrap();
+        (dir.join("ckpt"), out)
+    })
+}
+
+fn check_distributions(out: &[EmotionDist]) {
     assert_eq!(out.len(), 3);
-    for d in &out {
+    for d in out {
         assert_eq!(d.0.len(), Emotion::COUNT);
         assert!(d.0.iter().all(|p| p.is_finite() && *p >= 0.0));
         assert!((d.total() - 1.0).abs() < 1e-5, "sums to {}", d.total());
     }
-    // Even after 5 epochs on 270 examples, thanks reads as grateful.
+}
+
+#[test]
+fn finetuned_tagger_gives_nine_label_distributions_and_reloads_identically() {
+    let (ckpt, trained) = finetuned();
+    check_distributions(trained);
+    assert!(ckpt.join(ENCODER_FILE).is_file(), "the fine-tuned encoder is part of the checkpoint");
+    let back = EmotionTagger::load(ckpt, encoder()).expect("reload");
+    assert_eq!(&back.predict(&inputs(), None).unwrap(), trained, "a reloaded tagger must give identical outputs");
+    assert_eq!(trained[0].top(), Emotion::Grateful, "{:?}", trained[0]);
+}
+
+#[test]
+fn frozen_head_tagger_gives_distributions_and_reloads_identically() {
+    let dir = common::tmp_dir("tagger-frozen");
+    let tagger = small_tagger(&dir, false);
+    let out = tagger.predict(&inputs(), None).unwrap();
+    check_distributions(&out);
     assert_eq!(out[0].top(), Emotion::Grateful, "{:?}", out[0]);
     let back = EmotionTagger::load(&dir.join("ckpt"), encoder()).expect("reload");
-    assert_eq!(back.predict(&inputs(), None).unwrap(), out, "a reloaded tagger must give identical outputs");
+    assert_eq!(back.predict(&inputs(), None).unwrap(), out);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn flip_last_byte(path: &Path) -> Vec<u8> {
+    let good = std::fs::read(path).unwrap();
+    let mut bad = good.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    std::fs::write(path, &bad).unwrap();
+    good
 }
 
 #[test]
 fn corrupted_or_missing_checkpoints_fail_with_the_file_named() {
     let dir = common::tmp_dir("tagger-corrupt");
-    small_tagger(&dir);
     let ckpt = dir.join("ckpt");
+    copy_dir(&finetuned().0, &ckpt);
     let load_err = || EmotionTagger::load(&ckpt, encoder()).err().map(|e| e.to_string()).unwrap_or_default();
-    let weights = ckpt.join(WEIGHTS_FILE);
-    let good = std::fs::read(&weights).unwrap();
+    assert_eq!(load_err(), "", "the copy loads");
 
-    // One flipped byte in the tensor data: still a valid safetensors file, caught by the checksum.
-    let mut bad = good.clone();
-    let last = bad.len() - 1;
-    bad[last] ^= 0x40;
-    std::fs::write(&weights, &bad).unwrap();
+    // One flipped byte in the head's tensor data: still valid safetensors, caught by the checksum.
+    let weights = ckpt.join(WEIGHTS_FILE);
+    let good = flip_last_byte(&weights);
     let e = load_err();
     assert!(e.contains(WEIGHTS_FILE) && e.contains("corrupted"), "{e}");
 
-    // Truncated file.
+    // Truncated head.
     std::fs::write(&weights, &good[..good.len() / 2]).unwrap();
     let e = load_err();
     assert!(e.contains(WEIGHTS_FILE) && e.contains("corrupted"), "{e}");
+    std::fs::write(&weights, &good).unwrap();
+
+    // One flipped byte in the fine-tuned encoder.
+    let enc = ckpt.join(ENCODER_FILE);
+    let good_enc = flip_last_byte(&enc);
+    let e = load_err();
+    assert!(e.contains(ENCODER_FILE) && e.contains("corrupted"), "{e}");
+    std::fs::write(&enc, &good_enc).unwrap();
 
     // Garbage description.
-    std::fs::write(&weights, &good).unwrap();
     let meta = ckpt.join(META_FILE);
     let good_meta = std::fs::read_to_string(&meta).unwrap();
     std::fs::write(&meta, "{not json").unwrap();
     let e = load_err();
     assert!(e.contains(META_FILE) && e.contains("retrain"), "{e}");
 
-    // Another encoder.
+    // Trained on another base encoder.
     std::fs::write(&meta, good_meta.replace(encoder().weights_sha256(), &"0".repeat(64))).unwrap();
     let e = load_err();
     assert!(e.contains(META_FILE) && e.contains("encoder"), "{e}");
@@ -105,11 +154,11 @@ fn corrupted_or_missing_checkpoints_fail_with_the_file_named() {
 
 #[test]
 fn stage_tags_the_user_turn_with_the_thresholded_distribution() {
+    let (ckpt, _) = finetuned();
     let dir = common::tmp_dir("tagger-stage");
-    small_tagger(&dir);
     let config = EmotionTaggerConfig {
         model_dir: common::minilm_dir().display().to_string(),
-        checkpoint: dir.join("ckpt").display().to_string(),
+        checkpoint: ckpt.display().to_string(),
         ..Default::default()
     };
     let ctx = BuildContext::new(dir.join("recipe.toml"), "emotion");
