@@ -125,7 +125,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
             let test_path = data_file("emotion/annotations_test.jsonl")?;
             let test = load(&test_path)?;
-            let mut eval = evaluate_file(&tagger, &l.encoder, Some(&cache_dir), &train, &test, config.threshold, true)?;
+            let mut eval =
+                evaluate_file(&tagger, &l.encoder, Some(&cache_dir), &train, &test, config.threshold as f32, true)?;
             eval.file = test_path.display().to_string();
             write_json(&checkpoint.join("eval_annotations_test.json"), &eval)?;
             println!("{}", eval.table());
@@ -138,7 +139,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let labels = ctx.resolve(&config.labels_file);
     let data_dir = ecr::data::data_dir()?;
-    let summary = label_redial(&tagger, Some(&cache_dir), &data_dir, &labels, config.threshold, true)?;
+    let summary = label_redial(&tagger, Some(&cache_dir), &data_dir, &labels, config.threshold as f32, true)?;
     eprintln!(
         "labelled {} ReDial seeker messages in {:.1} s ({:.0}/s) -> {}",
         summary.messages,
@@ -172,7 +173,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         Some(&ctx.resolve(&config.cache_dir)),
         &train,
         &test,
-        config.threshold,
+        config.threshold as f32,
         progress,
     )?;
     eval.file = test_path.display().to_string();

@@ -24,7 +24,7 @@ pub struct EmotionTaggerConfig {
     /// Labels with probability <= threshold are set to 0 in what the stage
     /// writes and in the labels file (ECR keeps p > 0.1 and does not
     /// renormalise); 0 keeps the whole distribution.
-    pub threshold: f32,
+    pub threshold: f64,
     /// The on-disk cache of MiniLM embeddings used by training, evaluation and labelling.
     pub cache_dir: String,
     /// Where `ecr train --stage emotion` writes the emotions of every seeker
@@ -120,7 +120,7 @@ impl StageFactory for EmotionTaggerFactory {
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
         let encoder = shared_encoder(ctx, &ctx.resolve(&config.model_dir))?;
         let tagger = EmotionTagger::load(&ctx.resolve(&config.checkpoint), encoder)?;
-        Ok(Box::new(EmotionTaggerStage { tagger, threshold: config.threshold }))
+        Ok(Box::new(EmotionTaggerStage { tagger, threshold: config.threshold as f32 }))
     }
 }
 

@@ -39,14 +39,14 @@ pub struct TrainConfig {
     /// The annotation file to train on; default `<data dir>/emotion/annotations_train.jsonl`.
     pub annotations: Option<String>,
     /// Share of the conversations held out for model selection.
-    pub holdout: f32,
+    pub holdout: f64,
     /// Context embedded besides the utterance when not fine-tuning: `"last"`
     /// (the preceding message) or `"none"`. A fine-tuned tagger reads the utterance alone.
     pub context: ContextMode,
     /// Hidden units of the MLP head.
     pub hidden: usize,
     /// Dropout on the hidden layer during training.
-    pub dropout: f32,
+    pub dropout: f64,
     /// Fine-tune MiniLM's encoder layers with the head (else train the head on frozen embeddings).
     pub finetune: bool,
     /// Passes over the training part; default 4 when fine-tuning, 40 otherwise.
@@ -62,7 +62,7 @@ pub struct TrainConfig {
     /// AdamW weight decay.
     pub weight_decay: f64,
     /// Target probability of the first of two gold labels (the second gets the rest).
-    pub primary_weight: f32,
+    pub primary_weight: f64,
     /// Seed of initialisation, shuffling and dropout.
     pub seed: u64,
     /// Train on only the first `limit` annotations (quick tests); all when absent.
@@ -149,13 +149,13 @@ pub fn target(labels: &[Emotion], primary: f32) -> [f32; N_LABELS] {
 }
 
 /// Whether a conversation goes to the held-out part (a stable hash of its id).
-pub fn is_held_out(conversation_id: &str, holdout: f32, seed: u64) -> bool {
+pub fn is_held_out(conversation_id: &str, holdout: f64, seed: u64) -> bool {
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
     h.update(conversation_id.as_bytes());
     let d = h.finalize();
     let x = u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as f64 / u32::MAX as f64;
-    x < holdout as f64
+    x < holdout
 }
 
 /// The outcome of training.
@@ -296,8 +296,8 @@ fn finetune(
         let (ids, mask) = tok.tokenize(texts)?;
         Ok(mean_pool_normalize(&bert.forward(&ids, &mask)?, &mask)?)
     };
-    let y_train = targets_of(train, config.primary_weight)?;
-    let y_dev = targets_of(dev, config.primary_weight)?;
+    let y_train = targets_of(train, config.primary_weight as f32)?;
+    let y_dev = targets_of(dev, config.primary_weight as f32)?;
     let dev_gold: Vec<Vec<Emotion>> = dev.iter().map(|a| a.labels.clone()).collect();
     let dev_eval = |head: &EmotionHead| -> Result<(f32, f64, Vec<[f32; N_LABELS]>)> {
         let mut probs = Vec::with_capacity(dev.len());
@@ -331,7 +331,7 @@ fn finetune(
             let idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
             let yb = y_train.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
             let x = embed(&texts)?;
-            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout)?;
+            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout as f32)?;
             let loss = soft_ce(&head.forward(&x, mask.as_ref())?, &yb)?;
             let grads = loss.backward()?;
             opt_enc.step(&grads)?;
@@ -396,8 +396,8 @@ fn train_head(
     let x_dev =
         if dev.is_empty() { None } else { Some(features(&encoder, cache, &inputs(dev), config.context, progress)?) };
     let embed_seconds = t0.elapsed().as_secs_f64();
-    let y_train = targets_of(train, config.primary_weight)?;
-    let y_dev = if dev.is_empty() { None } else { Some(targets_of(dev, config.primary_weight)?) };
+    let y_train = targets_of(train, config.primary_weight as f32)?;
+    let y_dev = if dev.is_empty() { None } else { Some(targets_of(dev, config.primary_weight as f32)?) };
     let dev_gold: Vec<Vec<Emotion>> = dev.iter().map(|a| a.labels.clone()).collect();
 
     let t1 = Instant::now();
@@ -427,7 +427,7 @@ fn train_head(
             let ids = Tensor::new(chunk, &dev_device)?;
             let xb = x_train.index_select(&ids, 0)?;
             let yb = y_train.index_select(&ids, 0)?;
-            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout)?;
+            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout as f32)?;
             let loss = soft_ce(&head.forward(&xb, mask.as_ref())?, &yb)?;
             opt.backward_step(&loss)?;
             sum += loss.to_scalar::<f32>()?;

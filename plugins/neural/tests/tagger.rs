@@ -168,7 +168,10 @@ fn stage_tags_the_user_turn_with_the_thresholded_distribution() {
     stage.run(&mut turn).expect("run");
     let d = turn.user.emotions.expect("the stage writes user.emotions");
     assert_eq!(d.top(), Emotion::Grateful);
-    assert!(d.0.iter().all(|&p| p == 0.0 || p > config.threshold), "labels at or below the threshold are dropped");
+    assert!(
+        d.0.iter().all(|&p| p == 0.0 || f64::from(p) > config.threshold),
+        "labels at or below the threshold are dropped"
+    );
 
     // A missing model directory is a config issue naming the key and the fix.
     let bad = EmotionTaggerConfig { model_dir: "/nonexistent".into(), ..config };
