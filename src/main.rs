@@ -20,14 +20,38 @@ enum Command {
     Recipe(cli::recipe::RecipeCommand),
     /// Chat with a recipe's pipeline, one user turn per line of stdin.
     Chat(cli::chat::ChatArgs),
+    /// The main job: replay a real ReDial dialogue through a recipe (training its tagger first if needed).
+    Demo(cli::demo::DemoArgs),
+    /// Train a recipe's trainable stage (`--stage emotion`: the emotion tagger, then label all of ReDial).
+    Train(cli::train::TrainArgs),
+    /// Evaluate a recipe's trained stage on an annotation file.
+    Eval(cli::train::EvalArgs),
+    /// Throughput benchmarks.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+    /// Data statistics, linking report against UniCRS, linker benchmark.
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
 }
 
 fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`ecr data stats | head`),
+    // as command-line tools do, instead of panicking in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     cli::init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Recipe(cmd) => cli::recipe::run(cmd),
         Command::Chat(args) => cli::chat::run(args),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Train(args) => cli::train::train(args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => cli::train::eval(args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(cmd) => cli::bench::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Data(cmd) => cli::data::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

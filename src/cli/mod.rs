@@ -1,7 +1,11 @@
 //! Subcommands of the `ecr` tool, one module each.
 
+pub mod bench;
 pub mod chat;
+pub mod data;
+pub mod demo;
 pub mod recipe;
+pub mod train;
 
 /// Log to stderr; `RUST_LOG` picks what (default: warnings, and info for ecr's own crates).
 pub fn init_tracing() {
