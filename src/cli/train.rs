@@ -113,7 +113,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             write_json(&checkpoint.join("train_report.json"), &report)?;
             let holdout = report.holdout.as_ref().map_or(0.0, |m| m.recall_2);
             eprintln!(
-                "emotion tagger: trained on {} annotations ({} held out) in {:.1} s (embedding {:.1} s, head {:.1} s); \
+                "emotion tagger: trained on {} annotations ({} held out) in {:.1} s (embedding {:.1} s, training {:.1} s); \
                  held-out Recall@2 {holdout:.4} at epoch {}; saved to {}",
                 report.n_train,
                 report.n_holdout,
