@@ -35,6 +35,12 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
             engine.stages().count()
         );
     }
+    if !args.json && !engine.stages().any(|(_, _, io)| io.writes.contains(&ecr::Field::Response)) {
+        eprintln!(
+            "(no stage of recipe {:?} writes a response: showing what the pipeline reads)",
+            engine.recipe().name()
+        );
+    }
     let mut lines = std::io::stdin().lock().lines();
     loop {
         if interactive {
@@ -57,9 +63,8 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
                 if args.explain {
                     write!(out, "{}", explain(&o))?;
                 }
-                match o.response() {
-                    Some(r) => writeln!(out, "ecr> {r}")?,
-                    None => writeln!(out, "ecr> (this recipe has no stage that writes a response)")?,
+                if let Some(r) = o.response() {
+                    writeln!(out, "ecr> {r}")?;
                 }
             }
             Err(e) => {

@@ -1,0 +1,112 @@
+//! End-to-end: the real ECR pipeline (entity linker + a really trained emotion
+//! tagger) on real data, through the CLI and through the library.
+//!
+//! Needs the weights (`models/fetch.sh`) and the data (`../shared/data`). The
+//! tagger of `recipes/ecr-quick.toml` (a head on frozen MiniLM features) is
+//! trained from scratch once per test run, in about a minute.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+const RECIPE: &str = "recipes/ecr-quick.toml";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ecr(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecr"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ecr");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Train the quick recipe's tagger once for all tests of this file.
+fn trained() {
+    static TRAINED: OnceLock<()> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        assert!(
+            root().join("models/all-MiniLM-L6-v2/model.safetensors").is_file(),
+            "the MiniLM weights are missing: run models/fetch.sh first"
+        );
+        let out = ecr(&["train", "-r", RECIPE, "--stage", "emotion", "--no-labels"], "");
+        assert!(out.status.success(), "training failed:\n{}", text(&out));
+    });
+}
+
+#[test]
+fn the_trained_tagger_beats_the_baselines_on_the_held_out_test_file() {
+    trained();
+    let out = ecr(&["eval", "-r", RECIPE, "--stage", "emotion", "--json"], "");
+    assert!(out.status.success(), "{}", text(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let r2 = m["recall@2"].as_f64().unwrap();
+    let r1 = m["recall@1"].as_f64().unwrap();
+    assert!(r2 > 0.85, "Recall@2 {r2}");
+    assert!(r1 > 0.65 && r1 <= r2, "Recall@1 {r1}");
+}
+
+#[test]
+fn chat_links_entities_and_reads_emotions_of_real_utterances() {
+    trained();
+    let input = "Hi! I loved The Matrix, any other sci-fi movies like that?\nThank you so much, I will watch it tonight!\nHave you seen @111776 ?\n";
+    let out = ecr(&["chat", "-r", RECIPE, "--json"], input);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let turns: Vec<serde_json::Value> =
+        t.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(turns.len(), 3, "{t}");
+
+    let names = |turn: &serde_json::Value| -> Vec<String> {
+        turn["user"]["entities"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    };
+    let top = |turn: &serde_json::Value| -> String {
+        let e = turn["user"]["emotions"].as_object().expect("emotions are tagged");
+        assert_eq!(e.len(), 9, "a distribution over exactly the nine labels: {e:?}");
+        e.iter().max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).unwrap()).unwrap().0.clone()
+    };
+    assert_eq!(names(&turns[0]), ["The Matrix (1999)", "Science fiction"], "{t}");
+    assert_eq!(turns[0]["user"]["entities"][0]["kind"], "movie");
+    assert!(turns[0]["user"]["entities"][0]["entity"].is_u64(), "the movie maps into the KG: {t}");
+    assert_eq!(top(&turns[0]), "like", "{t}");
+    assert_eq!(top(&turns[1]), "grateful", "{t}");
+    assert!(names(&turns[1]).is_empty(), "{t}");
+    assert_eq!(names(&turns[2]), ["Super Troopers (2001)"], "ReDial's @<id> mentions link: {t}");
+    assert_eq!(top(&turns[2]), "curious", "{t}");
+    assert_eq!(turns[2]["history"].as_array().unwrap().len(), 2, "the session keeps the dialogue: {t}");
+}
+
+#[test]
+fn one_engine_serves_dialogues_from_threads_with_the_real_models() {
+    trained();
+    let engine = ecr::Engine::from_recipe(root().join(RECIPE)).expect("build the quick ECR recipe");
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let engine = &engine;
+            s.spawn(move || {
+                let mut session = engine.session();
+                let first = format!("I loved Titanic, it made me cry ({i})");
+                let out = session.turn(&first).unwrap();
+                assert!(out.turn.user.entities.iter().any(|e| e.name.starts_with("Titanic")), "{:?}", out.turn.user);
+                let d = out.turn.user.emotions.expect("tagged");
+                assert!(d.get(ecr::Emotion::Like) > 0.1, "{d:?}");
+                assert_eq!(out.trace.len(), 2);
+                session.turn("Thanks!").unwrap();
+                assert_eq!(session.history().len(), 2);
+                assert_eq!(session.history()[0].text, first);
+            });
+        }
+    });
+}
