@@ -39,7 +39,9 @@ fn main() -> ExitCode {
                             .turn
                             .user
                             .emotions
-                            .map(|d| d.above(0.1).iter().map(|(e, p)| format!("{e} {p:.2}")).collect::<Vec<_>>().join(", "))
+                            .map(|d| {
+                                d.above(0.1).iter().map(|(e, p)| format!("{e} {p:.2}")).collect::<Vec<_>>().join(", ")
+                            })
                             .unwrap_or_else(|| "-".into());
                         transcript.push_str(&format!(
                             "user: {line}\n  entities: [{}]  emotions: [{emotions}]  {:.1} ms\n",
