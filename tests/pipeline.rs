@@ -110,3 +110,16 @@ fn one_engine_serves_dialogues_from_threads_with_the_real_models() {
         }
     });
 }
+
+#[test]
+fn the_demo_replays_a_real_redial_dialogue() {
+    trained();
+    let out = ecr(&["demo", "-r", RECIPE], "");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Replaying ReDial test conversation 20048 (17 messages) through recipe \"ecr-quick\""), "{t}");
+    assert!(t.contains("seeker> i watched Iron Man 2 (2010) and a liked it"), "{t}");
+    assert!(t.contains("entities: Iron Man 2 (2010) [Movie #"), "{t}");
+    assert!(t.contains("recommender (ReDial)> Or Cabin by the Lake (2000)"), "{t}");
+    assert!(t.contains("It (2017)                                     Disliked  m(f) = 1.0"), "{t}");
+}

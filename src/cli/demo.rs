@@ -122,7 +122,7 @@ fn write_out(conv: &Conversation, text: &str) -> String {
         rest = &rest[at + 1 + digits.len()..];
     }
     out.push_str(rest);
-    out
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The seeker's questionnaire answers and the weight m(f) the mapping gives them.
@@ -132,6 +132,7 @@ fn feedback_summary(conv: &Conversation, mapping: &Path) -> anyhow::Result<()> {
     for (&movie, title) in &conv.movie_mentions {
         let f = conv.seeker_feedback(movie);
         let w = m.weight(movie, f, None)?;
+        let title = title.as_deref().map(|t| t.split_whitespace().collect::<Vec<_>>().join(" "));
         println!("   {:<45} {:<9} m(f) = {w:.1}", title.as_deref().unwrap_or("?"), format!("{f:?}"));
     }
     Ok(())
