@@ -39,7 +39,7 @@ pub struct BuildFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The recipe is invalid (every problem, with locations).
-    #[error("{0}")]
+    #[error(transparent)]
     Recipe(#[from] RecipeError),
     /// One or more stages failed to build.
     #[error("{}", .0.iter().map(|f| format!("stage {:?} (use {:?}) failed to build: {}", f.stage, f.use_name, f.source)).collect::<Vec<_>>().join("\n"))]

@@ -311,6 +311,7 @@ impl<'r> Loader<'r> {
             Ok(t) => t,
             Err(e) => {
                 let message = format!("cannot read recipe {}: {e}", path.display());
+                let own = format!("cannot read the recipe: {e}: check the path");
                 match from {
                     Some((node, _)) => {
                         let node = node.clone();
@@ -320,7 +321,7 @@ impl<'r> Loader<'r> {
                         file: path.to_path_buf(),
                         location: None,
                         key: String::new(),
-                        message: format!("{message}: check the path"),
+                        message: own,
                     }),
                 }
                 return None;
