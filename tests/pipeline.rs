@@ -107,9 +107,12 @@ fn one_engine_serves_dialogues_from_threads_with_the_real_models() {
                 let d = out.turn.user.emotions.expect("tagged");
                 assert!(d.get(ecr::Emotion::Like) > 0.1, "{d:?}");
                 assert_eq!(out.trace.len(), 2);
+                session.push(ecr::Utterance::new(ecr::Role::Recommender, "Have you seen @111776 ?"));
                 session.turn("Thanks!").unwrap();
-                assert_eq!(session.history().len(), 2);
+                assert_eq!(session.history().len(), 3);
                 assert_eq!(session.history()[0].text, first);
+                let linked: Vec<&str> = session.history()[1].entities.iter().map(|e| e.name.as_str()).collect();
+                assert_eq!(linked, ["Super Troopers (2001)"], "the linker's work on the history is kept");
             });
         }
     });

@@ -212,9 +212,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Run one user turn. On success the user utterance (with the entities
-    /// and emotions the stages found) and the response, if any, join the
-    /// history; on failure the history is unchanged and the session stays usable.
+    /// Run one user turn. On success the history becomes the turn's (as
+    /// stages that write `history` left it), then the user utterance (with the
+    /// entities and emotions the stages found) and the response, if any, join it; on failure the history is unchanged and the session stays usable.
     pub fn turn(&mut self, text: &str) -> Result<TurnOutput, EngineError> {
         if text.trim().is_empty() {
             return Err(EngineError::Input("the utterance is empty: say something".into()));
@@ -227,6 +227,9 @@ impl Session {
         }
         let mut turn = Turn::new(self.history.clone(), text);
         let trace = self.engine.run(&mut turn)?;
+        // Stages that declare `history` as a write may enrich it (e.g. link the
+        // entities of earlier system responses once); keep what they wrote.
+        self.history.clone_from(&turn.history);
         self.history.push(turn.user.clone());
         if let Some(r) = &turn.response {
             self.history.push(Utterance::new(Role::Recommender, r.clone()));
