@@ -142,8 +142,7 @@ impl Engine {
         for s in recipe.stages().iter().filter(|s| s.enabled) {
             let _span = info_span!("build", stage = %s.id, use_name = %s.use_name).entered();
             let start = Instant::now();
-            let ctx = recipe.context().for_stage(&s.id);
-            match s.prepared().build(&ctx) {
+            match s.prepared().build(s.context()) {
                 Ok(stage) => {
                     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, "built");
                     stages.push(BuiltStage { id: s.id.clone(), use_name: s.use_name.clone(), io: s.io.clone(), stage })

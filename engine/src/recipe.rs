@@ -87,6 +87,7 @@ pub struct RecipeStage {
     /// What it reads and writes.
     pub io: StageIo,
     prepared: Arc<dyn PreparedStage>,
+    context: BuildContext,
 }
 
 impl RecipeStage {
@@ -97,6 +98,12 @@ impl RecipeStage {
 
     pub(crate) fn prepared(&self) -> &dyn PreparedStage {
         self.prepared.as_ref()
+    }
+
+    /// The context the stage is checked and built with: use its `resolve` for
+    /// the stage's configured paths (each resolves against the recipe file that wrote it).
+    pub fn context(&self) -> &BuildContext {
+        &self.context
     }
 }
 
@@ -142,9 +149,14 @@ impl Recipe {
         &self.stages
     }
 
-    /// The build context shared by the recipe's stages.
+    /// The build context shared by the recipe's stages (see also [`RecipeStage::context`]).
     pub fn context(&self) -> &BuildContext {
         &self.context
+    }
+
+    /// The stage with id `id`.
+    pub fn stage(&self, id: &str) -> Option<&RecipeStage> {
+        self.stages.iter().find(|s| s.id == id)
     }
 
     /// The first enabled stage that uses the factory `use_name`, with its
@@ -579,6 +591,11 @@ impl<'r> Loader<'r> {
             Some(n) => n.to_value(),
             None => toml::Value::Table(toml::Table::new()),
         };
+        let mut bases = std::collections::HashMap::new();
+        if let Some(w) = &with_node {
+            self.path_bases(w, &mut bases);
+        }
+        let ctx = &ctx.with_path_bases(bases);
         let prepared = match factory.prepare(with_value) {
             Ok(p) => p,
             Err((message, path)) => {
@@ -596,7 +613,26 @@ impl<'r> Loader<'r> {
                 self.error_value(&at, &full, issue.message);
             }
         }
-        Some(RecipeStage { id: id.to_string(), use_name, enabled, io: prepared.io(), prepared: Arc::from(prepared) })
+        Some(RecipeStage {
+            id: id.to_string(),
+            use_name,
+            enabled,
+            io: prepared.io(),
+            prepared: Arc::from(prepared),
+            context: ctx.clone(),
+        })
+    }
+
+    /// Each string value under `node` with the directory of the file that wrote it.
+    fn path_bases(&self, node: &Node, out: &mut std::collections::HashMap<String, PathBuf>) {
+        match &node.kind {
+            NodeKind::Table(t) => t.values().for_each(|v| self.path_bases(v, out)),
+            NodeKind::Leaf(toml::Value::String(s), _) => {
+                let dir = self.files[node.file].path.parent().unwrap_or(Path::new("")).to_path_buf();
+                out.entry(s.clone()).or_insert(dir);
+            }
+            NodeKind::Leaf(..) => {}
+        }
     }
 
     fn data_flow(&mut self, stages: &[(RecipeStage, Node)]) {

@@ -74,18 +74,32 @@ impl ConfigIssue {
 pub struct BuildContext {
     recipe_path: PathBuf,
     stage_id: String,
+    /// For a stage whose config comes partly from a recipe it `extends`: the
+    /// directory of the file that wrote each string value of its `with` table.
+    path_bases: Arc<HashMap<String, PathBuf>>,
     shared: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl BuildContext {
     /// A context for the stage `stage_id` of the recipe at `recipe_path`.
     pub fn new(recipe_path: impl Into<PathBuf>, stage_id: impl Into<String>) -> Self {
-        BuildContext { recipe_path: recipe_path.into(), stage_id: stage_id.into(), shared: Default::default() }
+        BuildContext {
+            recipe_path: recipe_path.into(),
+            stage_id: stage_id.into(),
+            path_bases: Default::default(),
+            shared: Default::default(),
+        }
     }
 
     /// The same resources, for another stage.
     pub fn for_stage(&self, stage_id: &str) -> Self {
-        BuildContext { stage_id: stage_id.to_string(), ..self.clone() }
+        BuildContext { stage_id: stage_id.to_string(), path_bases: Default::default(), ..self.clone() }
+    }
+
+    /// The same context, resolving each listed string value against its own
+    /// directory (the recipe loader passes where each `with` value was written).
+    pub fn with_path_bases(&self, bases: HashMap<String, PathBuf>) -> Self {
+        BuildContext { path_bases: Arc::new(bases), ..self.clone() }
     }
 
     /// The recipe file.
@@ -103,10 +117,15 @@ impl BuildContext {
         &self.stage_id
     }
 
-    /// Resolve a configured path against the recipe's directory.
+    /// Resolve a configured path against the directory of the recipe file
+    /// that wrote it (the loaded recipe, or a recipe it `extends`).
     pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
         let p = path.as_ref();
-        if p.is_absolute() { p.to_path_buf() } else { self.recipe_dir().join(p) }
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        let base = p.to_str().and_then(|s| self.path_bases.get(s)).map_or(self.recipe_dir(), PathBuf::as_path);
+        base.join(p)
     }
 
     /// A resource shared by all stages of the engine, created on first use

@@ -286,3 +286,16 @@ fn a_failing_or_panicking_stage_fails_the_turn_only() {
     assert!(matches!(s.turn("   ").unwrap_err(), EngineError::Input(_)));
     assert!(matches!(s.turn(&"x".repeat(20_000)).unwrap_err(), EngineError::Input(_)));
 }
+
+#[test]
+fn inherited_paths_resolve_against_the_recipe_that_wrote_them() {
+    let r = Recipe::load(dir().join("ablations/lower.toml"), &registry()).expect("words.txt is beside with_words.toml");
+    let stage = r.stage("tag").unwrap();
+    assert_eq!(stage.context().resolve("words.txt"), dir().join("ablations/../words.txt"));
+    let e = one_error(&dir().join("ablations/own_words.toml"));
+    assert!(
+        e.contains("own_words.toml:6:9: stages.tag.with.words: file")
+            && e.contains("ablations/words.txt does not exist"),
+        "{e}"
+    );
+}

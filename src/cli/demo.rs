@@ -69,7 +69,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 fn ensure_tagger(recipe_path: &Path) -> anyhow::Result<()> {
     let recipe = Recipe::load(recipe_path, &ecr::registry())?;
     let Some((id, config)) = recipe.stage_config::<EmotionTaggerConfig>("emotion_tagger")? else { return Ok(()) };
-    let checkpoint = recipe.context().resolve(&config.checkpoint);
+    let context = recipe.stage(&id).map_or(recipe.context(), |s| s.context());
+    let checkpoint = context.resolve(&config.checkpoint);
     if checkpoint_files(&checkpoint).iter().all(|p| p.is_file()) {
         return Ok(());
     }

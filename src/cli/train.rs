@@ -58,12 +58,14 @@ pub struct EvalArgs {
 }
 
 /// The recipe's emotion tagger stage: its config and the recipe's build context.
-fn emotion_stage(recipe_path: &Path) -> anyhow::Result<(Recipe, EmotionTaggerConfig)> {
+/// The recipe's emotion tagger config, with the context its paths resolve in.
+fn emotion_stage(recipe_path: &Path) -> anyhow::Result<(BuildContext, EmotionTaggerConfig)> {
     let recipe = Recipe::load(recipe_path, &ecr::registry())?;
-    let Some((_, config)) = recipe.stage_config::<EmotionTaggerConfig>("emotion_tagger")? else {
+    let Some((id, config)) = recipe.stage_config::<EmotionTaggerConfig>("emotion_tagger")? else {
         bail!("recipe {} has no enabled stage with use = \"emotion_tagger\"", recipe_path.display());
     };
-    Ok((recipe, config))
+    let ctx = recipe.stage(&id).map_or(recipe.context(), |s| s.context()).clone();
+    Ok((ctx, config))
 }
 
 fn data_file(rel: &str) -> anyhow::Result<PathBuf> {
@@ -98,8 +100,8 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
 
 /// Train the chosen stage.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let (recipe, config) = emotion_stage(&args.recipe)?;
-    let ctx = recipe.context();
+    let (ctx, config) = emotion_stage(&args.recipe)?;
+    let ctx = &ctx;
     let checkpoint = ctx.resolve(&config.checkpoint);
     let cache_dir = ctx.resolve(&config.cache_dir);
     let mut l = load_encoder(ctx, &config)?;
@@ -155,8 +157,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.stage != TrainStage::Emotion {
         bail!("ecr eval: --stage {:?} cannot be evaluated; use --stage emotion", args.stage);
     }
-    let (recipe, config) = emotion_stage(&args.recipe)?;
-    let ctx = recipe.context();
+    let (ctx, config) = emotion_stage(&args.recipe)?;
+    let ctx = &ctx;
     let l = load_encoder(ctx, &config)?;
     let checkpoint = ctx.resolve(&config.checkpoint);
     let tagger = EmotionTagger::load(&checkpoint, Arc::clone(&l.encoder))?;
