@@ -7,6 +7,34 @@ use ecr_data::{LinkerOptions, PrepareOptions, Prf, Resources, SplitStats};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// How `stats` and `export` prepare the data.
+#[derive(Debug, clap::Args)]
+pub struct PrepareArgs {
+    /// Emotion-tagger output (`{"id": ..., "emotions": {...}}` per line), used
+    /// for messages the annotations do not cover.
+    #[arg(long)]
+    emotions: Option<PathBuf>,
+    /// Share of train.jsonl conversations held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    valid_fraction: f64,
+    /// Seed of the validation split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep emotion labels with p above this (ECR: 0.1; use the emotion tagger stage's `threshold`).
+    #[arg(long, default_value_t = ecr_data::instances::EMOTION_THRESHOLD)]
+    emotion_threshold: f32,
+}
+
+impl PrepareArgs {
+    fn options(&self) -> Result<PrepareOptions> {
+        let f = self.valid_fraction;
+        anyhow::ensure!((0.0..1.0).contains(&f), "--valid-fraction {f}: expected 0 <= f < 1");
+        let t = self.emotion_threshold;
+        anyhow::ensure!((0.0..1.0).contains(&t), "--emotion-threshold {t}: expected 0 <= t < 1");
+        Ok(PrepareOptions { valid_fraction: f, seed: self.seed, emotion_threshold: t })
+    }
+}
+
 /// Subcommands of `ecr data`.
 #[derive(Debug, clap::Subcommand)]
 pub enum DataCommand {
@@ -15,16 +43,8 @@ pub enum DataCommand {
         /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Emotion-tagger output (`{"id": ..., "emotions": {...}}` per line), used
-        /// for messages the annotations do not cover.
-        #[arg(long)]
-        emotions: Option<PathBuf>,
-        /// Share of train.jsonl conversations held out for validation.
-        #[arg(long, default_value_t = 0.1)]
-        valid_fraction: f64,
-        /// Seed of the validation split.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        prep: PrepareArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -47,9 +67,8 @@ pub enum DataCommand {
         /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Emotion-tagger output (see `stats`).
-        #[arg(long)]
-        emotions: Option<PathBuf>,
+        #[command(flatten)]
+        prep: PrepareArgs,
         /// Output directory (created if missing).
         #[arg(long)]
         out: PathBuf,
@@ -83,23 +102,20 @@ fn load_resources(dir: &Path) -> Result<(Resources, f64)> {
 /// Run one `ecr data` subcommand.
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Stats { data_dir, emotions, valid_fraction, seed, json } => {
-            stats(&dir(data_dir)?, emotions.as_deref(), valid_fraction, seed, json)
-        }
+        DataCommand::Stats { data_dir, prep, json } => stats(&dir(data_dir)?, &prep, json),
         DataCommand::LinkingReport { data_dir, top, json } => linking(&dir(data_dir)?, top, json),
         DataCommand::BenchLinker { data_dir, rounds } => bench(&dir(data_dir)?, rounds),
-        DataCommand::Export { data_dir, emotions, out } => export(&dir(data_dir)?, emotions.as_deref(), &out),
+        DataCommand::Export { data_dir, prep, out } => export(&dir(data_dir)?, &prep, &out),
     }
 }
 
-fn stats(dir: &Path, emotions: Option<&Path>, valid_fraction: f64, seed: u64, json: bool) -> Result<()> {
-    anyhow::ensure!((0.0..1.0).contains(&valid_fraction), "--valid-fraction {valid_fraction}: expected 0 <= f < 1");
+fn stats(dir: &Path, prep: &PrepareArgs, json: bool) -> Result<()> {
+    let opts = prep.options()?;
     let start = Instant::now();
     let (res, t_res) = load_resources(dir)?;
     let t = Instant::now();
-    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, emotions)?;
+    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, prep.emotions.as_deref())?;
     let t_emo = t.elapsed().as_secs_f64();
-    let opts = PrepareOptions { valid_fraction, seed };
     let prepared = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &opts)?;
     let total = start.elapsed().as_secs_f64();
     let splits: Vec<SplitStats> =
@@ -253,12 +269,13 @@ fn bench(dir: &Path, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-fn export(dir: &Path, emotions: Option<&Path>, out: &Path) -> Result<()> {
+fn export(dir: &Path, prep: &PrepareArgs, out: &Path) -> Result<()> {
+    let opts = prep.options()?;
     use std::io::Write;
     let start = Instant::now();
     let (res, _) = load_resources(dir)?;
-    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, emotions)?;
-    let p = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &PrepareOptions::default())?;
+    let EmotionSources { train: source, test: test_source } = EmotionSources::standard(dir, prep.emotions.as_deref())?;
+    let p = ecr_data::prepare_with_sources(&res, source.as_ref(), test_source.as_ref(), &opts)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let write_lines = |name: String, rows: &mut dyn Iterator<Item = serde_json::Result<String>>| -> Result<usize> {
         let path = out.join(name);

@@ -184,7 +184,14 @@ mod tests {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
         let conv = crate::instances::tests_support::conversation();
-        let d = segment(&conv, "train", "train", &l, &crate::instances::tests_support::emotions());
+        let d = segment(
+            &conv,
+            "train",
+            "train",
+            &l,
+            &crate::instances::tests_support::emotions(),
+            crate::instances::EMOTION_THRESHOLD,
+        );
         let c = CoOccurrence::build(kg.len(), [&d]);
         // The Matrix (0, turn 0, [like, happy, like]) and Reloaded (1, turn 1, [negative]) share nothing.
         assert!(c.row(0).all(|(col, _)| col != 1));

@@ -9,7 +9,8 @@ use crate::redial::Conversation;
 use ecr_engine::{Emotion, EmotionDist, EntityMention, Feedback, Role, Turn, Utterance};
 use serde::Serialize;
 
-/// ECR's threshold for keeping an emotion label (`p > 0.1`).
+/// ECR's default threshold for keeping an emotion label (`p > 0.1`); see
+/// [`PrepareOptions::emotion_threshold`](crate::PrepareOptions::emotion_threshold).
 pub const EMOTION_THRESHOLD: f32 = 0.1;
 
 /// One turn: consecutive messages of one sender merged.
@@ -115,18 +116,20 @@ pub struct GoldCounts {
 }
 
 /// The labels ECR keeps from one distribution: `p > threshold`, most probable first.
-pub fn kept_labels(d: &EmotionDist) -> Vec<(Emotion, f32)> {
-    d.above(EMOTION_THRESHOLD)
+pub fn kept_labels(d: &EmotionDist, threshold: f32) -> Vec<(Emotion, f32)> {
+    d.above(threshold)
 }
 
 /// Segment a conversation into turns, link every message and attach the
-/// seeker's emotions. `source` is the file split used in message ids.
+/// seeker's emotions, keeping labels with `p > threshold` (ECR: 0.1). `source`
+/// is the file split used in message ids.
 pub fn segment(
     conv: &Conversation,
     split: &str,
     source: &str,
     linker: &Linker,
     emotions: &dyn EmotionSource,
+    threshold: f32,
 ) -> Dialogue {
     let mut turns: Vec<DialogueTurn> = Vec::new();
     let mut dists: Vec<Vec<EmotionDist>> = Vec::new();
@@ -175,7 +178,7 @@ pub fn segment(
         if role == Role::Seeker
             && let Some(d) = emotions.emotions(&message_id(source, &conv.id, i), &written)
         {
-            let kept = kept_labels(&d);
+            let kept = kept_labels(&d, threshold);
             if kept.is_empty() && has_entities {
                 turn.labels_with_fallback.push(d.ranked()[0]);
             }
@@ -340,7 +343,7 @@ pub(crate) mod tests {
     fn consecutive_messages_of_one_sender_merge_into_one_turn() {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
-        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        let d = segment(&conversation(), "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
         let roles: Vec<Role> = d.turns.iter().map(|t| t.role).collect();
         use Role::*;
         assert_eq!(roles, vec![Seeker, Recommender, Seeker, Recommender, Seeker]);
@@ -367,7 +370,7 @@ pub(crate) mod tests {
     fn seeker_labels_threshold_and_concatenate_over_messages() {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
-        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        let d = segment(&conversation(), "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
         use Emotion::*;
         // p > 0.1 only (0.05 and 0.1 dropped), most probable first, messages concatenated.
         assert_eq!(d.turns[0].labels, vec![(Like, 0.7), (Happy, 0.25), (Like, 0.95)]);
@@ -375,13 +378,16 @@ pub(crate) mod tests {
         assert!(d.turns[1].labels.is_empty() && d.turns[1].emotions.is_none(), "recommender turns carry no emotions");
         let mean = d.turns[0].emotions.unwrap();
         assert!((mean.get(Like) - 0.825).abs() < 1e-6);
+        // The threshold is a parameter (the tagger stage's `threshold`), not fixed at 0.1.
+        let strict = segment(&conversation(), "train", "train", &l, &emotions(), 0.5);
+        assert_eq!(strict.turns[0].labels, vec![(Like, 0.7), (Like, 0.95)]);
     }
 
     #[test]
     fn emotions_propagate_to_entities_by_the_ecr_rule() {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
-        let d = segment(&conversation(), "train", "train", &l, &emotions());
+        let d = segment(&conversation(), "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
         use Emotion::*;
         // Seeker turn: its own labels. Recommender turn: the next seeker turn's labels.
         assert_eq!(entity_labels(&d, 0, false), d.turns[0].labels);
@@ -409,7 +415,7 @@ pub(crate) mod tests {
         emo.0.insert("train:9:1".into(), dist(&[(Curious, 0.1), (Like, 0.09)]));
         // Message 6 ("thanks") has no entity: no fallback.
         emo.0.insert("train:9:6".into(), dist(&[(Grateful, 0.05)]));
-        let d = segment(&conversation(), "train", "train", &l, &emo);
+        let d = segment(&conversation(), "train", "train", &l, &emo, EMOTION_THRESHOLD);
         assert_eq!(d.turns[0].labels, vec![(Like, 0.7), (Happy, 0.25)]);
         assert_eq!(d.turns[0].labels_with_fallback, vec![(Like, 0.7), (Happy, 0.25), (Curious, 0.1)]);
         assert!(d.turns[4].labels_with_fallback.is_empty());
@@ -421,7 +427,7 @@ pub(crate) mod tests {
         let (cat, kg) = world();
         let l = Linker::new(&cat, &kg, &LinkerOptions::default());
         let conv = conversation();
-        let d = segment(&conv, "train", "train", &l, &emotions());
+        let d = segment(&conv, "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
         let (inst, counts) = rec_instances(&conv, &d, 0);
         // Turn 1: Reloaded (twice → once) and Up (no KG entity → counted, not emitted); turn 3: Up again.
         assert_eq!(counts, GoldCounts { gold: 3, gold_in_kg: 1 });
@@ -450,7 +456,7 @@ pub(crate) mod tests {
         cat_world = Catalogue::from_movies(movies);
         let l = Linker::new(&cat_world, &kg, &LinkerOptions::default());
         let mut conv = conversation();
-        let d = segment(&conv, "train", "train", &l, &emotions());
+        let d = segment(&conv, "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
         let fb = |conv: &Conversation| -> Vec<(usize, u32, Feedback)> {
             rec_instances(conv, &d, 0).0.iter().map(|i| (i.turn, i.movie, i.feedback)).collect()
         };

@@ -98,7 +98,7 @@ pub fn linking_report(res: &Resources, top: usize) -> Result<LinkingReport, Data
     })?;
     let mut ours: Vec<(usize, BTreeSet<u32>, BTreeSet<u32>)> = Vec::new();
     for c in &convs {
-        let d = segment(c, "test", "test", &res.linker, &NoEmotions);
+        let d = segment(c, "test", "test", &res.linker, &NoEmotions, crate::instances::EMOTION_THRESHOLD);
         let mut ctx = BTreeSet::new();
         for (t, turn) in d.turns.iter().enumerate() {
             if turn.role == Role::Recommender {

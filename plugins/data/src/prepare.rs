@@ -65,11 +65,14 @@ pub struct PrepareOptions {
     pub valid_fraction: f64,
     /// Seed of the validation split.
     pub seed: u64,
+    /// Emotion labels with `p > emotion_threshold` are kept on turns and
+    /// entities (ECR: 0.1; the emotion tagger stage's `threshold`).
+    pub emotion_threshold: f32,
 }
 
 impl Default for PrepareOptions {
     fn default() -> Self {
-        PrepareOptions { valid_fraction: 0.1, seed: 42 }
+        PrepareOptions { valid_fraction: 0.1, seed: 42, emotion_threshold: crate::instances::EMOTION_THRESHOLD }
     }
 }
 
@@ -109,11 +112,12 @@ fn build_split(
     convs: Vec<Conversation>,
     res: &Resources,
     emo: &dyn EmotionSource,
+    threshold: f32,
 ) -> SplitData {
     let _span = tracing::info_span!("split", name).entered();
     let mut s = SplitData { name: name.into(), ..Default::default() };
     for (i, c) in convs.iter().enumerate() {
-        let d = segment(c, name, source, &res.linker, emo);
+        let d = segment(c, name, source, &res.linker, emo, threshold);
         let (inst, g) = rec_instances(c, &d, i);
         s.instances.extend(inst);
         s.gold.gold += g.gold;
@@ -149,9 +153,9 @@ pub fn prepare_with_sources(
             .map(String::from)
             .collect();
     let (valid, train): (Vec<_>, Vec<_>) = train_all.into_iter().partition(|c| valid_ids.contains(&c.id));
-    let train = build_split("train", "train", train, res, train_emotions);
-    let valid = build_split("valid", "train", valid, res, train_emotions);
-    let test = build_split("test", "test", test, res, test_emotions);
+    let train = build_split("train", "train", train, res, train_emotions, opts.emotion_threshold);
+    let valid = build_split("valid", "train", valid, res, train_emotions, opts.emotion_threshold);
+    let test = build_split("test", "test", test, res, test_emotions, opts.emotion_threshold);
     let cooccurrence = CoOccurrence::build(res.kg.len(), &train.dialogues);
     tracing::info!(
         train = train.dialogues.len(),
