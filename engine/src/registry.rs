@@ -46,9 +46,7 @@ impl<F: StageFactory> PreparedStage for Prepared<F> {
             .unwrap_or_else(|e| toml::Value::String(format!("<config cannot be shown: {e}>")))
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
-        // Configs are plain data: rebuild from the resolved value so `build` can take it by value.
-        let config: F::Config = self.resolved().try_into().map_err(|e| format!("config round trip: {e}"))?;
-        self.factory.build(config, ctx)
+        self.factory.build(self.config.clone(), ctx)
     }
 }
 

@@ -153,7 +153,7 @@ impl BuildContext {
 pub trait StageFactory: Send + Sync + 'static {
     /// The stage's configuration, deserialized from `[stages.<id>.with]`.
     /// Use `#[serde(deny_unknown_fields)]` and defaults for optional keys.
-    type Config: DeserializeOwned + Serialize + Send + Sync + 'static;
+    type Config: DeserializeOwned + Serialize + Clone + Send + Sync + 'static;
 
     /// The name recipes write in `use`.
     fn name(&self) -> &'static str;

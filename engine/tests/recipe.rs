@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes `ext.tags`: the words of the user text longer than `threshold * 10` chars.
 struct Tagger;
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaggerConfig {
     threshold: f32,
@@ -51,7 +51,7 @@ impl StageFactory for Tagger {
 
 /// Reads `ext.tags`, writes the response; fails on the word "boom", panics on "panic".
 struct Counter;
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct CounterConfig {
     #[serde(default)]
