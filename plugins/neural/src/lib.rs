@@ -7,8 +7,10 @@
 pub mod baselines;
 pub mod bert;
 pub mod cache;
+pub mod checkpoint;
 pub mod error;
 pub mod evaluate;
+pub mod fit;
 pub mod label;
 pub mod metrics;
 pub mod rng;
