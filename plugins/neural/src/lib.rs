@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod fit;
 pub mod label;
 pub mod metrics;
+pub mod recommend;
 pub mod rng;
 pub mod stage;
 pub mod tagger;

@@ -1,0 +1,218 @@
+//! Training and evaluating the recommender.
+//!
+//! Examples come from the data layer's segmented dialogues (linked entities,
+//! the tagger's emotions) turned into engine [`Turn`]s
+//! ([`ecr_data::Dialogue::turn_before`]); the recipe's upstream stages
+//! (local emotion, global emotion, feedback mapping) run on each Turn through
+//! the `upstream` function the caller gives, exactly as they run at inference,
+//! and [`features_of`] turns the result into model inputs. The seeker's
+//! questionnaire answers for the gold movies are put into `turn.feedback`
+//! before the upstream stages run, so that the feedback mapping weighs them:
+//! that weight is the instance's m(f) in the loss.
+
+use super::features::{Features, features_of};
+use super::metrics::{Outcome, report};
+use super::model::Recommender;
+use super::{Branches, ModelConfig};
+use crate::cache::{EmbeddingCache, embed_cached};
+use crate::error::{NeuralError, Result};
+use crate::fit::{Objective, Selection};
+use crate::rng::Rng;
+use crate::text::TextEncoder;
+use candle_core::{D, Device, Tensor};
+use ecr_data::prepare::SplitData;
+use ecr_engine::{BoxError, Feedback, ItemFeedback, Turn};
+use std::collections::{BTreeMap, HashMap};
+
+/// One training or evaluation instance.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// Index into the split's turn features.
+    pub turn: usize,
+    /// Index of the gold item in the model's item set.
+    pub gold: usize,
+    /// The seeker's feedback on it.
+    pub feedback: Feedback,
+    /// m(f) from the feedback mapping (1 without reweighting).
+    pub weight: f32,
+}
+
+/// The examples of one split: per recommender turn its features, per (turn, gold item) an example.
+#[derive(Debug, Clone, Default)]
+pub struct SplitExamples {
+    /// Features per turn.
+    pub turns: Vec<Features>,
+    /// Examples in the split's order.
+    pub examples: Vec<Example>,
+}
+
+/// The upstream stages of the recipe, as one function over a Turn.
+pub type Upstream<'a> = &'a (dyn Fn(&mut Turn) -> std::result::Result<(), BoxError> + Sync);
+
+/// Build the examples of `split`: run `upstream` on each recommender turn
+/// that has a gold item in `items`, then [`features_of`].
+pub fn examples_of(
+    split: &SplitData,
+    items: &HashMap<u32, usize>,
+    branches: Branches,
+    cfg: &ModelConfig,
+    upstream: Upstream<'_>,
+) -> Result<SplitExamples> {
+    let mut out = SplitExamples::default();
+    let mut i = 0;
+    let inst = &split.instances;
+    while i < inst.len() {
+        let (d, t) = (inst[i].dialogue, inst[i].turn);
+        let mut j = i;
+        while j < inst.len() && inst[j].dialogue == d && inst[j].turn == t {
+            j += 1;
+        }
+        let group: Vec<_> = inst[i..j].iter().filter(|x| items.contains_key(&x.item)).collect();
+        i = j;
+        if group.is_empty() {
+            continue;
+        }
+        let mut turn = split.dialogues[d].turn_before(t);
+        if turn.history.is_empty() && turn.user.text.is_empty() {
+            continue; // ECR skips instances with an empty context.
+        }
+        turn.feedback =
+            group.iter().map(|x| ItemFeedback { item: x.item, feedback: x.feedback, weight: None }).collect();
+        upstream(&mut turn)
+            .map_err(|e| NeuralError::Invalid(format!("upstream stages failed on a training turn: {e}")))?;
+        let feats = features_of(&turn, branches.emotions, branches.global, cfg.max_entities, cfg.max_utterances);
+        let k = out.turns.len();
+        out.turns.push(feats);
+        for x in group {
+            let weight = if branches.reweight {
+                turn.feedback.iter().find(|f| f.item == x.item).and_then(|f| f.weight).unwrap_or(1.0)
+            } else {
+                1.0
+            };
+            out.examples.push(Example { turn: k, gold: items[&x.item], feedback: x.feedback, weight });
+        }
+    }
+    Ok(out)
+}
+
+/// Frozen MiniLM embeddings of every utterance text: a table `(1 + texts, dim)`
+/// (row 0 is padding) and each text's row.
+pub struct TextTable {
+    /// The embeddings.
+    pub table: Tensor,
+    /// Text → row.
+    pub rows: HashMap<String, u32>,
+}
+
+impl TextTable {
+    /// Embed (through the on-disk cache) every utterance of `splits`.
+    pub fn build(
+        encoder: &TextEncoder,
+        cache: Option<&mut EmbeddingCache>,
+        splits: &[&SplitExamples],
+        device: &Device,
+        progress: bool,
+    ) -> Result<Self> {
+        let mut texts: Vec<String> = Vec::new();
+        let mut rows = HashMap::new();
+        for s in splits {
+            for f in &s.turns {
+                for (t, _) in &f.utterances {
+                    if !rows.contains_key(t) {
+                        rows.insert(t.clone(), texts.len() as u32 + 1);
+                        texts.push(t.clone());
+                    }
+                }
+            }
+        }
+        let vecs = embed_cached(encoder, cache, &texts, progress)?;
+        let dim = encoder.dim();
+        let mut flat = vec![0f32; dim];
+        for v in &vecs {
+            flat.extend_from_slice(v);
+        }
+        Ok(TextTable { table: Tensor::from_vec(flat, (texts.len() + 1, dim), device)?, rows })
+    }
+
+    /// The row of a text (0 if unknown).
+    pub fn row(&self, t: &str) -> u32 {
+        self.rows.get(t).copied().unwrap_or(0)
+    }
+}
+
+/// Score every example of `split` (in order, batches of 32): the outcomes for the metrics.
+pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<Vec<Outcome>> {
+    let e = model.entity_table()?.detach();
+    let index = model.item_index();
+    let mut out = Vec::with_capacity(split.examples.len());
+    for chunk in split.examples.chunks(super::metrics::AUC_BATCH) {
+        let feats: Vec<&Features> = chunk.iter().map(|x| &split.turns[x.turn]).collect();
+        let batch = model.batch(&feats, &|t| text.row(t))?;
+        let (scores, _) = model.forward(&e, &text.table, &batch)?;
+        let scores = scores.to_vec2::<f32>()?;
+        for (x, row) in chunk.iter().zip(&scores) {
+            let mentioned: Vec<usize> =
+                split.turns[x.turn].mentioned.iter().filter_map(|m| index.get(m).copied()).collect();
+            out.push(Outcome::of(row, x.gold, &mentioned, x.feedback));
+        }
+    }
+    Ok(out)
+}
+
+/// The weighted cross-entropy of ECR (§3.7): `mean_i m_i · CE(s_i, y_i)`.
+pub fn weighted_ce(scores: &Tensor, gold: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
+    let picked = logp.gather(&gold.unsqueeze(1)?, 1)?.squeeze(1)?;
+    Ok((picked * weights)?.neg()?.mean_all()?)
+}
+
+/// The training objective over a train split, selected on a validation split.
+pub struct RecObjective<'a> {
+    /// The model.
+    pub model: &'a Recommender,
+    /// Training examples.
+    pub train: &'a SplitExamples,
+    /// Validation examples.
+    pub valid: &'a SplitExamples,
+    /// Utterance embeddings.
+    pub text: &'a TextTable,
+    /// The device.
+    pub device: Device,
+    /// Validation metrics of each epoch.
+    pub history: Vec<BTreeMap<String, f64>>,
+}
+
+/// The selection metric: the mean of validation Recall@10 and Recall@50.
+pub fn selection_metric(m: &BTreeMap<String, f64>) -> f64 {
+    (m["recall@10"] + m["recall@50"]) / 2.0
+}
+
+impl Objective for RecObjective<'_> {
+    fn n_train(&self) -> usize {
+        self.train.examples.len()
+    }
+
+    fn loss(&mut self, batch: &[usize], _rng: &mut Rng) -> Result<Tensor> {
+        let e = self.model.entity_table()?;
+        let ex: Vec<&Example> = batch.iter().map(|&i| &self.train.examples[i]).collect();
+        let feats: Vec<&Features> = ex.iter().map(|x| &self.train.turns[x.turn]).collect();
+        let b = self.model.batch(&feats, &|t| self.text.row(t))?;
+        let (scores, _) = self.model.forward(&e, &self.text.table, &b)?;
+        let gold: Vec<u32> = ex.iter().map(|x| x.gold as u32).collect();
+        let w: Vec<f32> = ex.iter().map(|x| x.weight).collect();
+        let n = ex.len();
+        weighted_ce(&scores, &Tensor::from_vec(gold, n, &self.device)?, &Tensor::from_vec(w, n, &self.device)?)
+    }
+
+    fn select(&mut self) -> Result<Selection> {
+        let m = report(&evaluate(self.model, self.valid, self.text)?);
+        let metric = selection_metric(&m);
+        let extra = serde_json::to_value(&m).unwrap_or_default();
+        self.history.push(m);
+        Ok(Selection { metric, extra })
+    }
+
+    fn metric_name(&self) -> &str {
+        "valid (R@10+R@50)/2"
+    }
+}
