@@ -14,6 +14,7 @@ pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::regi
     registry.register(ecr_data::LocalEmotionFactory)?;
     registry.register(ecr_data::GlobalEmotionFactory)?;
     registry.register(ecr_data::FeedbackMappingFactory)?;
+    registry.register(ecr_neural::recommend::stage::RecommenderFactory)?;
     Ok(())
 }
 
