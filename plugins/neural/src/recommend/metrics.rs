@@ -200,9 +200,9 @@ mod tests {
         assert_eq!(r["new_items.instances"], 1.0);
         assert_eq!(r["new_items.recall@1"], 0.0);
         assert_eq!(r["new_items.recall@10"], 1.0);
-        // NDCG@10 and MRR@10 of ranks 1 and 0: (1/log2(3) + 1)/2 and (1/2 + 1)/2.
-        assert!((r["ndcg@10"] - (1.0 / 3f64.log2() + 1.0) / 2.0).abs() < 1e-12);
-        assert!((r["mrr@10"] - 0.75).abs() < 1e-12);
+        // NDCG@10 and MRR@10 of ranks 2 and 0: (1/log2(4) + 1)/2 and (1/3 + 1)/2.
+        assert!((r["ndcg@10"] - 0.75).abs() < 1e-12);
+        assert!((r["mrr@10"] - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);
         // Recall_True counts liked instances only.
         assert_eq!(r["recall_true@1"], 0.0);
     }
@@ -214,6 +214,7 @@ mod tests {
         v.extend(std::iter::repeat_n((NotSaid, 0.0), 29));
         // Batch 2: liked 0.2, disliked 0.2 (a tie) and 0.1 → (0.5 + 1) / 2 = 0.75.
         v.extend([(Liked, 0.2), (Disliked, 0.2), (Disliked, 0.1)]);
+        v.extend(std::iter::repeat_n((NotSaid, 0.0), 29));
         // Batch 3: only liked → not counted.
         v.extend(std::iter::repeat_n((Liked, 0.4), 32));
         assert!((auc_per_batch(&v, 32) - 0.625).abs() < 1e-12);
