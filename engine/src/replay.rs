@@ -85,9 +85,54 @@ pub struct ReplayKey<'a> {
     pub data: &'a str,
 }
 
-/// Replay `scripts` through `engine` as [`Engine::replay`] does, reading the
-/// dialogue-shaping prefix's turns from `cache_dir` when they are there and
-/// writing them when not. `progress(done, total)` reports replayed turns.
+/// The number of leading stages of `engine` that shape the dialogue: up to
+/// and including the last one that writes the history or the user utterance.
+pub fn shaping_stages(engine: &Engine) -> usize {
+    let writes: Vec<Vec<Field>> = engine.stages().map(|(_, _, io)| io.writes.clone()).collect();
+    writes.iter().rposition(|w| shapes_dialogue(w)).map_or(0, |i| i + 1)
+}
+
+/// Replay `scripts` through the dialogue-shaping stages of `engine`
+/// ([`shaping_stages`]) as [`Engine::replay`] does, reading the turns from
+/// `cache_dir` when they are there and writing them when not.
+/// `progress(done, total)` reports replayed turns. Run the remaining stages
+/// with [`run_rest`] (after adding what only training knows, e.g. the gold
+/// items' feedback), or use [`replay_cached`] for both.
+pub fn replay_shaping(
+    engine: &Engine,
+    scripts: &[Vec<Utterance>],
+    key: &ReplayKey<'_>,
+    cache_dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<Vec<Turn>>, EngineError> {
+    let split = shaping_stages(engine);
+    let total: usize = scripts.iter().flatten().filter(|u| u.role == crate::turn::Role::Seeker).count();
+    if split == 0 {
+        return Ok(scripts.iter().map(|s| replay_identity(s)).collect());
+    }
+    let prefix_fp = key.stage_fingerprints.get(split - 1).cloned().unwrap_or_default();
+    let name = Fingerprint::new().str(&prefix_fp).str(key.data).str(&scripts.len().to_string()).hex();
+    let path = cache_dir.join(format!("{name}.jsonl"));
+    if let Some(t) = read(&path, scripts.len()) {
+        tracing::info!(cache = %path.display(), "replay: dialogue-shaping stages read from the cache");
+        progress(total, total);
+        return Ok(t);
+    }
+    let t = engine.replay_range(scripts, 64, 0..split, &mut |n| progress(n, total))?;
+    if let Err(e) = write(&path, &t) {
+        tracing::warn!(cache = %path.display(), "replay cache not written: {e}");
+    }
+    Ok(t)
+}
+
+/// Run the stages after the dialogue-shaping ones over `turns` (each one
+/// independent: the history they carry is already the dialogue's).
+pub fn run_rest(engine: &Engine, turns: &mut [Turn]) -> Result<(), EngineError> {
+    let n = engine.stages().count();
+    engine.run_batch_range(turns, shaping_stages(engine)..n)
+}
+
+/// [`replay_shaping`] then [`run_rest`]: the same turns as [`Engine::replay`].
 pub fn replay_cached(
     engine: &Engine,
     scripts: &[Vec<Utterance>],
@@ -95,38 +140,12 @@ pub fn replay_cached(
     cache_dir: &Path,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Vec<Turn>>, EngineError> {
-    let writes: Vec<Vec<Field>> = engine.stages().map(|(_, _, io)| io.writes.clone()).collect();
-    let split = writes.iter().rposition(|w| shapes_dialogue(w)).map_or(0, |i| i + 1);
-    let total: usize = scripts.iter().flatten().filter(|u| u.role == crate::turn::Role::Seeker).count();
-    let mut turns = if split == 0 {
-        scripts.iter().map(|s| replay_identity(s)).collect()
-    } else {
-        let prefix_fp = key.stage_fingerprints.get(split - 1).cloned().unwrap_or_default();
-        let name = Fingerprint::new().str(&prefix_fp).str(key.data).str(&scripts.len().to_string()).hex();
-        let path = cache_dir.join(format!("{name}.jsonl"));
-        match read(&path, scripts.len()) {
-            Some(t) => {
-                tracing::info!(cache = %path.display(), "replay: dialogue-shaping stages read from the cache");
-                progress(total, total);
-                t
-            }
-            None => {
-                let t = engine.replay_range(scripts, 64, 0..split, &mut |n| progress(n, total))?;
-                if let Err(e) = write(&path, &t) {
-                    tracing::warn!(cache = %path.display(), "replay cache not written: {e}");
-                }
-                t
-            }
-        }
-    };
-    if split < writes.len() {
-        let mut flat: Vec<Turn> = turns.iter_mut().flat_map(std::mem::take).collect();
-        let lens: Vec<usize> = scripts_lens(scripts);
-        engine.run_batch_range(&mut flat, split..writes.len())?;
-        let mut it = flat.into_iter();
-        turns = lens.iter().map(|&n| it.by_ref().take(n).collect()).collect();
-    }
-    Ok(turns)
+    let mut turns = replay_shaping(engine, scripts, key, cache_dir, progress)?;
+    let lens: Vec<usize> = turns.iter().map(Vec::len).collect();
+    let mut flat: Vec<Turn> = turns.iter_mut().flat_map(std::mem::take).collect();
+    run_rest(engine, &mut flat)?;
+    let mut it = flat.into_iter();
+    Ok(lens.iter().map(|&n| it.by_ref().take(n).collect()).collect())
 }
 
 /// A dialogue's seeker turns with nothing run (an engine with no dialogue-shaping stage).
@@ -142,10 +161,6 @@ fn replay_identity(script: &[Utterance]) -> Vec<Turn> {
         history.push(u.clone());
     }
     out
-}
-
-fn scripts_lens(scripts: &[Vec<Utterance>]) -> Vec<usize> {
-    scripts.iter().map(|s| s.iter().filter(|u| u.role == crate::turn::Role::Seeker).count()).collect()
 }
 
 fn read(path: &Path, n: usize) -> Option<Vec<Vec<Turn>>> {

@@ -114,8 +114,29 @@ impl TrainContext<'_> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<crate::turn::Turn>>, EngineError> {
         let key = crate::replay::ReplayKey { stage_fingerprints: self.stage_fingerprints, data };
-        let dir = crate::replay::cache_dir(&self.build.run_dir());
-        crate::replay::replay_cached(self.upstream, scripts, &key, &dir, progress)
+        crate::replay::replay_cached(self.upstream, scripts, &key, &self.replay_dir(), progress)
+    }
+
+    /// Only the dialogue-shaping upstream stages (cached), for a trainer that
+    /// adds what only training knows (the gold items' feedback) before
+    /// [`TrainContext::run_rest`] runs the other upstream stages.
+    pub fn replay_shaping(
+        &self,
+        scripts: &[Vec<crate::turn::Utterance>],
+        data: &str,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<crate::turn::Turn>>, EngineError> {
+        let key = crate::replay::ReplayKey { stage_fingerprints: self.stage_fingerprints, data };
+        crate::replay::replay_shaping(self.upstream, scripts, &key, &self.replay_dir(), progress)
+    }
+
+    /// The upstream stages after the dialogue-shaping ones, over independent turns.
+    pub fn run_rest(&self, turns: &mut [crate::turn::Turn]) -> Result<(), EngineError> {
+        crate::replay::run_rest(self.upstream, turns)
+    }
+
+    fn replay_dir(&self) -> std::path::PathBuf {
+        crate::replay::cache_dir(&self.build.run_dir())
     }
 }
 

@@ -11,6 +11,10 @@ pub use ecr_neural as neural;
 pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
     registry.register(ecr_data::EntityLinkerFactory)?;
     registry.register(ecr_neural::EmotionTaggerFactory)?;
+    registry.register(ecr_data::LocalEmotionFactory)?;
+    registry.register(ecr_data::GlobalEmotionFactory)?;
+    registry.register(ecr_data::FeedbackMappingFactory)?;
+    registry.register(ecr_neural::recommend::stage::RecommenderFactory)?;
     Ok(())
 }
 

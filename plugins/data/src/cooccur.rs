@@ -1,7 +1,7 @@
 //! ECR's global emotion co-occurrence statistics (ECR_REFERENCE.md §1.6),
 //! built from training dialogues only and stored sparsely (CSR, rows L1-normalised).
 
-use crate::instances::{Dialogue, entity_occurrences};
+use crate::instances::{ContextEntity, Dialogue, entity_occurrences};
 use ecr_engine::Emotion;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -34,9 +34,15 @@ pub fn labels_match(a: &[(Emotion, f32)], b: &[(Emotion, f32)]) -> bool {
 /// non-empty and share a label among their first three, `cnt[e_i][e_j] += 1`.
 /// Labels come from the ECR rule with the seeker fallback.
 pub fn count_pairs<'a>(dialogues: impl IntoIterator<Item = &'a Dialogue>) -> HashMap<(u32, u32), u32> {
+    count_occurrence_pairs(dialogues.into_iter().map(|d| entity_occurrences(d, true)))
+}
+
+/// [`count_pairs`] over each dialogue's entity occurrences with their labels
+/// (from [`crate::local_emotion::propagate`], seeker fallback included): the
+/// one counting rule for segmented dialogues and for replayed engine turns.
+pub fn count_occurrence_pairs(dialogues: impl IntoIterator<Item = Vec<ContextEntity>>) -> HashMap<(u32, u32), u32> {
     let mut cnt = HashMap::new();
-    for d in dialogues {
-        let occ = entity_occurrences(d, true);
+    for occ in dialogues {
         for (i, a) in occ.iter().enumerate() {
             if a.emotions.is_empty() {
                 continue;

@@ -6,7 +6,7 @@ use crate::annotations::message_id;
 use crate::emotion_source::EmotionSource;
 use crate::linker::Linker;
 use crate::redial::Conversation;
-use ecr_engine::{Emotion, EmotionDist, EntityMention, Feedback, Role, Turn, Utterance};
+use ecr_engine::{Emotion, EmotionDist, EntityKind, EntityMention, Feedback, Role, Turn, Utterance};
 use serde::Serialize;
 
 /// ECR's default threshold for keeping an emotion label (`p > 0.1`); see
@@ -206,24 +206,37 @@ pub fn segment(
 /// With `fallback`, the seeker turn's `labels_with_fallback` are used
 /// (co-occurrence counting only).
 pub fn entity_labels(d: &Dialogue, t: usize, fallback: bool) -> Vec<(Emotion, f32)> {
-    let own = |turn: &DialogueTurn| if fallback { turn.labels_with_fallback.clone() } else { turn.labels.clone() };
-    match d.turns.get(t) {
-        Some(turn) if turn.role == Role::Seeker => own(turn),
-        Some(_) => d.turns.get(t + 1).filter(|n| n.role == Role::Seeker).map(own).unwrap_or_default(),
-        None => Vec::new(),
+    // The rule lives in `propagate`: read it off for turn `t` given one placeholder entity.
+    let mut probe = views(d, fallback);
+    match probe.get_mut(t) {
+        Some(v) => v.entities = vec![(0, "", false)],
+        None => return Vec::new(),
     }
+    crate::local_emotion::propagate(&probe).into_iter().find(|c| c.turn == t).map(|c| c.emotions).unwrap_or_default()
 }
 
-/// Every KG entity occurrence of the dialogue in order, with its labels.
+/// The local-emotion rule's view of a segmented dialogue.
+fn views(d: &Dialogue, fallback: bool) -> Vec<crate::local_emotion::TurnView<'_>> {
+    d.turns
+        .iter()
+        .map(|turn| crate::local_emotion::TurnView {
+            role: turn.role,
+            entities: turn.kg_entities().map(|(e, m)| (e, m.name.as_str(), m.kind == EntityKind::Movie)).collect(),
+            labels: if turn.role != Role::Seeker {
+                Vec::new()
+            } else if fallback {
+                turn.labels_with_fallback.clone()
+            } else {
+                turn.labels.clone()
+            },
+        })
+        .collect()
+}
+
+/// Every KG entity occurrence of the dialogue in order, with its labels
+/// (ECR's rule, [`crate::local_emotion::propagate`]).
 pub fn entity_occurrences(d: &Dialogue, fallback: bool) -> Vec<ContextEntity> {
-    let mut out = Vec::new();
-    for (t, turn) in d.turns.iter().enumerate() {
-        let labels = entity_labels(d, t, fallback);
-        for (e, m) in turn.kg_entities() {
-            out.push(ContextEntity { entity: e, name: m.name.clone(), turn: t, emotions: labels.clone() });
-        }
-    }
-    out
+    crate::local_emotion::propagate(&views(d, fallback))
 }
 
 /// The recommendation instances of one dialogue: one per (recommender turn,

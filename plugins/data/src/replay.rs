@@ -33,6 +33,43 @@ pub fn script(conv: &Conversation) -> (Vec<Utterance>, Vec<Vec<usize>>) {
     (out, messages)
 }
 
+/// ReDial's three splits as every trainer uses them: `train.jsonl` minus the
+/// validation conversations ([`crate::splits::validation_ids`] with the data
+/// layer's defaults: 10%, seed 42), the validation conversations, and
+/// `test.jsonl`; with a fingerprint of the two files.
+pub struct RedialSplits {
+    /// Training conversations.
+    pub train: Vec<Conversation>,
+    /// Validation conversations (model selection).
+    pub valid: Vec<Conversation>,
+    /// Test conversations (evaluation only).
+    pub test: Vec<Conversation>,
+    /// Fingerprint of `train.jsonl` and `test.jsonl`.
+    pub fingerprint: String,
+}
+
+impl RedialSplits {
+    /// Load the splits from the data directory.
+    pub fn load(dir: &Path) -> Result<Self, crate::DataError> {
+        let train_path = crate::paths::require_file(dir, "redial/train.jsonl")?;
+        let test_path = crate::paths::require_file(dir, "redial/test.jsonl")?;
+        let all = crate::redial::load_conversations(&train_path)?;
+        let opts = crate::PrepareOptions::default();
+        let valid_ids: std::collections::HashSet<String> =
+            crate::splits::validation_ids(all.iter().map(|c| c.id.as_str()), opts.valid_fraction, opts.seed)
+                .into_iter()
+                .map(String::from)
+                .collect();
+        let (valid, train) = all.into_iter().partition(|c| valid_ids.contains(&c.id));
+        Ok(RedialSplits {
+            train,
+            valid,
+            test: crate::redial::load_conversations(&test_path)?,
+            fingerprint: files_fingerprint(&[&train_path, &test_path])?,
+        })
+    }
+}
+
 /// A fingerprint of data files, to key what was computed from them.
 pub fn files_fingerprint(files: &[&Path]) -> Result<String, crate::DataError> {
     let mut fp = Fingerprint::new();

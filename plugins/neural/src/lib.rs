@@ -8,9 +8,12 @@
 pub mod baselines;
 pub mod bert;
 pub mod cache;
+pub mod checkpoint;
 pub mod error;
 pub mod evaluate;
+pub mod fit;
 pub mod metrics;
+pub mod recommend;
 pub mod rng;
 pub mod stage;
 pub mod tagger;

@@ -1,0 +1,61 @@
+//! ECR's emotion-aware recommender (ECR_REFERENCE.md §3), sized to train in
+//! minutes on two CPU cores.
+//!
+//! * [`features`]: the one function from an engine [`ecr_engine::Turn`] (after the
+//!   upstream stages ran) to model inputs, used by inference and training alike.
+//! * [`model`]: the R-GCN KG encoder and the recommender, assembled from the
+//!   branches the recipe provides ([`Branches`]).
+//! * [`metrics`]: Recall, Recall_True, AUC (per batch of 32 and global), NDCG,
+//!   MRR, under the paper's protocol and the new-items protocol; baselines.
+//! * [`train`]: training through [`crate::fit`], evaluation, checkpoints.
+//!
+//! The text side: the reference pools a frozen DialoGPT through learned
+//! prefixes. Here each utterance of the context is embedded once by frozen
+//! MiniLM (cached on disk), projected by a learned layer, and the entities
+//! attend over those utterance vectors (ECR's token-level cross-attention at
+//! utterance granularity). It trains in minutes because nothing of MiniLM is
+//! differentiated and each utterance is embedded once for every recipe and seed.
+
+pub mod features;
+pub mod metrics;
+pub mod model;
+pub mod stage;
+pub mod train;
+pub mod trainer;
+
+use serde::{Deserialize, Serialize};
+
+/// The branches of the model, from what the recipe's enabled stages provide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branches {
+    /// Dialogue text (MiniLM utterance embeddings).
+    pub text: bool,
+    /// Local emotions: the emotion table and the fusion MLP (needs `local_emotion`).
+    pub emotions: bool,
+    /// Global emotion-aware entity representations (needs `global_emotion`).
+    pub global: bool,
+    /// Feedback-aware loss reweighting m(f) (needs a feedback mapping stage).
+    pub reweight: bool,
+}
+
+/// Shape of the model (`[stages.<id>.with.model]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Entity / hidden dimension.
+    pub dim: usize,
+    /// Emotion vector dimension (ECR: d/16).
+    pub emotion_dim: usize,
+    /// R-GCN bases.
+    pub bases: usize,
+    /// Context entity occurrences kept (the last ones; ECR: 32).
+    pub max_entities: usize,
+    /// Context utterances kept (the last ones).
+    pub max_utterances: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { dim: 128, emotion_dim: 16, bases: 8, max_entities: 32, max_utterances: 8 }
+    }
+}

@@ -1,0 +1,405 @@
+//! The recommender: an R-GCN over the KG (basis decomposition, per-relation
+//! mean aggregation, root weight; ECR_REFERENCE.md §3.2), local emotion-aware
+//! entity representations (entity + attention over the context utterances +
+//! the user's emotions through a learned emotion table, §3.3-3.4), global
+//! representations from the co-occurrence rows (§3.4), fusion, an
+//! attention-pooled user representation, and scores over the item set.
+//! Branches the recipe does not provide are not created (see [`Branches`]).
+
+use super::features::{Features, PAD_EMOTION};
+use super::{Branches, ModelConfig};
+use crate::error::Result;
+use crate::fit::{Linear, Params};
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_nn::ops::softmax_last_dim;
+use ecr_data::Kg;
+use std::collections::{BTreeMap, HashMap};
+
+/// The KG as index tensors for the R-GCN: every triple in both directions
+/// (deduplicated), grouped by (relation, target) pairs.
+pub struct KgGraph {
+    n: usize,
+    relations: usize,
+    src: Tensor,
+    pair_of_edge: Tensor,
+    norm: Tensor,
+    pair_target: Tensor,
+    /// Per relation: (first pair, pair count); pairs are sorted by relation.
+    ranges: Vec<(usize, usize)>,
+    n_pairs: usize,
+}
+
+impl KgGraph {
+    /// Index tensors of `kg` on `device`.
+    pub fn new(kg: &Kg, device: &Device) -> Result<Self> {
+        let n = kg.len();
+        let relations = kg.relations.len().max(1);
+        let mut edges: Vec<(u16, u32, u32)> = Vec::new(); // (relation, target, source)
+        for (&h, tails) in &kg.edges {
+            for &(r, t) in tails {
+                if (h as usize) < n && (t as usize) < n && (r as usize) < relations {
+                    edges.push((r, t, h));
+                    edges.push((r, h, t));
+                }
+            }
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        let mut pair_index: BTreeMap<(u16, u32), usize> = BTreeMap::new();
+        for &(r, t, _) in &edges {
+            let k = pair_index.len();
+            pair_index.entry((r, t)).or_insert(k);
+        }
+        // Edges are sorted by (relation, target), so pair ids follow that order.
+        let mut degree = vec![0u32; pair_index.len()];
+        let pair_of: Vec<u32> = edges.iter().map(|&(r, t, _)| pair_index[&(r, t)] as u32).collect();
+        for &p in &pair_of {
+            degree[p as usize] += 1;
+        }
+        let norm: Vec<f32> = pair_of.iter().map(|&p| 1.0 / degree[p as usize] as f32).collect();
+        let mut ranges = vec![(0usize, 0usize); relations];
+        let mut targets = vec![0u32; pair_index.len()];
+        for (&(r, t), &p) in &pair_index {
+            targets[p] = t;
+            let e = &mut ranges[r as usize];
+            if e.1 == 0 {
+                e.0 = p;
+            }
+            e.1 += 1;
+        }
+        let src: Vec<u32> = edges.iter().map(|e| e.2).collect();
+        let ne = src.len();
+        Ok(KgGraph {
+            n,
+            relations,
+            src: Tensor::from_vec(src, ne, device)?,
+            pair_of_edge: Tensor::from_vec(pair_of, ne, device)?,
+            norm: Tensor::from_vec(norm, (ne, 1), device)?,
+            n_pairs: targets.len(),
+            pair_target: Tensor::from_vec(targets.clone(), targets.len(), device)?,
+            ranges,
+        })
+    }
+
+    /// Number of directed edges.
+    pub fn edges(&self) -> usize {
+        self.src.dims()[0]
+    }
+}
+
+/// One batch of model inputs as tensors.
+pub struct Batch {
+    b: usize,
+    l: usize,
+    ids: Tensor,
+    mask: Tensor,
+    emo_ids: Tensor,
+    emo_p: Tensor,
+    glob_slot: Tensor,
+    glob_ent: Tensor,
+    glob_w: Tensor,
+    glob_mask: Tensor,
+    text_ids: Tensor,
+    text_mask: Tensor,
+    roles: Tensor,
+}
+
+/// Per-turn explanation data: attention of the user representation over the
+/// context slots (local then global), and the local/global shares.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Attention {
+    /// Weight of each local slot (same order as the features' slots).
+    pub local: Vec<f32>,
+    /// Weight of each global slot.
+    pub global: Vec<f32>,
+}
+
+/// The recommender model.
+pub struct Recommender {
+    cfg: ModelConfig,
+    branches: Branches,
+    device: Device,
+    graph: KgGraph,
+    items: Tensor,
+    item_ids: Vec<u32>,
+    x: Tensor,
+    coef: Tensor,
+    basis: Tensor,
+    root: Linear,
+    text_proj: Option<Linear>,
+    roles: Option<Tensor>,
+    attn: Option<Linear>,
+    text_query: Option<Tensor>,
+    emo_table: Option<Tensor>,
+    fuse: Option<(Linear, Linear)>,
+    gfuse: Option<(Linear, Linear)>,
+    query0: Tensor,
+    query_text: Option<Linear>,
+    out: Linear,
+    item_bias: Tensor,
+}
+
+fn mlp(p: &mut Params, name: &str, d_in: usize, d: usize) -> Result<(Linear, Linear)> {
+    Ok((p.linear(&format!("{name}.0"), d_in, d, true)?, p.linear(&format!("{name}.1"), d, d, true)?))
+}
+
+fn run_mlp(m: &(Linear, Linear), x: &Tensor) -> Result<Tensor> {
+    m.1.forward(&m.0.forward(x)?.relu()?)
+}
+
+/// `x` with masked positions (mask 0) set to a large negative number, softmaxed on the last axis.
+fn masked_softmax(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let neg = ((mask - 1.0)? * 1e9)?;
+    Ok(softmax_last_dim(&x.broadcast_add(&neg)?)?)
+}
+
+impl Recommender {
+    /// A new model (variables created in `params`'s `VarMap`) over `kg`
+    /// ranking `items`, with text embeddings of `text_dim` floats.
+    pub fn new(
+        p: &mut Params,
+        kg: &Kg,
+        items: &[u32],
+        cfg: ModelConfig,
+        branches: Branches,
+        text_dim: usize,
+    ) -> Result<Self> {
+        let device = p.device().clone();
+        let graph = KgGraph::new(kg, &device)?;
+        let (d, dm, n) = (cfg.dim, cfg.emotion_dim, graph.n);
+        let a = (6.0 / (n + d) as f32).sqrt();
+        let x = p.uniform("kg.x", &[n, d], a)?;
+        let coef = p.uniform("kg.coef", &[graph.relations, cfg.bases], (1.0 / cfg.bases as f32).sqrt())?;
+        let basis = p.uniform("kg.basis", &[cfg.bases, d * d], (6.0 / (2 * d) as f32).sqrt() * 0.5)?;
+        let root = p.linear("kg.root", d, d, true)?;
+        let (text_proj, roles, attn, text_query, query_text) = if branches.text {
+            (
+                Some(p.linear("text.proj", text_dim, d, true)?),
+                Some(p.uniform("text.roles", &[2, d], 0.1)?),
+                Some(p.linear("text.attn", d, d, false)?),
+                Some(p.uniform("text.query", &[d], 0.1)?),
+                Some(p.linear("user.query_text", d, d, false)?),
+            )
+        } else {
+            (None, None, None, None, None)
+        };
+        let (emo_table, fuse) = if branches.emotions {
+            (Some(p.uniform("emotion.table", &[PAD_EMOTION + 1, dm], 0.5)?), Some(mlp(p, "fuse.local", d + dm, d)?))
+        } else {
+            (None, None)
+        };
+        let gfuse = if branches.global { Some(mlp(p, "fuse.global", d + dm, d)?) } else { None };
+        let query0 = p.uniform("user.query", &[d], 0.1)?;
+        let out = p.linear("user.out", if branches.text { 2 * d } else { d }, d, true)?;
+        let item_bias = p.constant("items.bias", &[items.len()], 0.0)?;
+        Ok(Recommender {
+            cfg,
+            branches,
+            items: Tensor::from_vec(items.to_vec(), items.len(), &device)?,
+            item_ids: items.to_vec(),
+            device,
+            graph,
+            x,
+            coef,
+            basis,
+            root,
+            text_proj,
+            roles,
+            attn,
+            text_query,
+            emo_table,
+            fuse,
+            gfuse,
+            query0,
+            query_text,
+            out,
+            item_bias,
+        })
+    }
+
+    /// The item set, in score order.
+    pub fn items(&self) -> &[u32] {
+        &self.item_ids
+    }
+
+    /// The branches the model has.
+    pub fn branches(&self) -> Branches {
+        self.branches
+    }
+
+    /// The entity table: `X + RGCN(X)` `(N, d)`.
+    pub fn entity_table(&self) -> Result<Tensor> {
+        let g = &self.graph;
+        let d = self.cfg.dim;
+        let msgs = self.x.index_select(&g.src, 0)?.broadcast_mul(&g.norm)?;
+        let agg = Tensor::zeros((g.n_pairs, d), DType::F32, &self.device)?.index_add(&g.pair_of_edge, &msgs, 0)?;
+        let w = self.coef.matmul(&self.basis)?; // (R, d*d)
+        let mut parts = Vec::new();
+        for (r, &(start, count)) in g.ranges.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let wr = w.i(r)?.reshape((d, d))?;
+            parts.push(agg.narrow(0, start, count)?.matmul(&wr)?);
+        }
+        let rel = Tensor::cat(&parts, 0)?;
+        let conv = Tensor::zeros((g.n, d), DType::F32, &self.device)?.index_add(&g.pair_target, &rel, 0)?;
+        Ok((&self.x + (conv + self.root.forward(&self.x)?)?)?)
+    }
+
+    /// Tensors of a batch; `text_row` maps an utterance text to its row in the text table (0 = padding).
+    pub fn batch(&self, feats: &[&Features], text_row: &dyn Fn(&str) -> u32) -> Result<Batch> {
+        let b = feats.len();
+        let l = feats.iter().map(|f| f.slots.len()).max().unwrap_or(0).max(1);
+        let k = feats.iter().map(|f| f.utterances.len()).max().unwrap_or(0).max(1);
+        let pad = self.graph.n as u32;
+        let mut ids = vec![pad; b * l];
+        let mut mask = vec![0f32; b * l];
+        let mut emo_ids = vec![PAD_EMOTION as u32; b * l * 3];
+        let mut emo_p = vec![0f32; b * l * 3];
+        let (mut gs, mut ge, mut gw) = (Vec::new(), Vec::new(), Vec::new());
+        let mut glob_mask = vec![0f32; b * l];
+        let mut text_ids = vec![0u32; b * k];
+        let mut text_mask = vec![0f32; b * k];
+        let mut roles = vec![0u32; b * k];
+        for (i, f) in feats.iter().enumerate() {
+            for (j, s) in f.slots.iter().enumerate() {
+                let at = i * l + j;
+                ids[at] = s.entity.min(pad);
+                mask[at] = 1.0;
+                for (q, &(e, pr)) in s.emotions.iter().take(3).enumerate() {
+                    emo_ids[at * 3 + q] = e as u32;
+                    emo_p[at * 3 + q] = pr;
+                }
+                for &(e, w) in &s.related {
+                    if e < pad {
+                        gs.push(at as u32);
+                        ge.push(e);
+                        gw.push(w);
+                        glob_mask[at] = 1.0;
+                    }
+                }
+            }
+            for (j, (t, r)) in f.utterances.iter().enumerate() {
+                text_ids[i * k + j] = text_row(t);
+                text_mask[i * k + j] = 1.0;
+                roles[i * k + j] = u32::from(*r == ecr_engine::Role::Recommender);
+            }
+        }
+        let dv = &self.device;
+        let m = gs.len();
+        Ok(Batch {
+            b,
+            l,
+            ids: Tensor::from_vec(ids, (b, l), dv)?,
+            mask: Tensor::from_vec(mask, (b, l), dv)?,
+            emo_ids: Tensor::from_vec(emo_ids, (b, l, 3), dv)?,
+            emo_p: Tensor::from_vec(emo_p, (b, l, 3, 1), dv)?,
+            glob_slot: Tensor::from_vec(gs, m, dv)?,
+            glob_ent: Tensor::from_vec(ge, m, dv)?,
+            glob_w: Tensor::from_vec(gw, (m, 1), dv)?,
+            glob_mask: Tensor::from_vec(glob_mask, (b, l), dv)?,
+            text_ids: Tensor::from_vec(text_ids, (b, k), dv)?,
+            text_mask: Tensor::from_vec(text_mask, (b, k), dv)?,
+            roles: Tensor::from_vec(roles, (b, k), dv)?,
+        })
+    }
+
+    /// Scores `(B, items)` of a batch given the entity table `e` and the text
+    /// table `(rows, text_dim)` (row 0 = padding), with the attention weights over slots `(B, 2L or L)`.
+    pub fn forward(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor)> {
+        let d = self.cfg.dim;
+        let (b, l) = (x.b, x.l);
+        let e_pad = Tensor::cat(&[e, &Tensor::zeros((1, d), DType::F32, &self.device)?], 0)?;
+        let ec = e_pad.index_select(&x.ids.flatten_all()?, 0)?.reshape((b, l, d))?;
+        // Text: projected utterance embeddings plus a role vector; a pooled summary.
+        let txt = match (&self.text_proj, &self.roles) {
+            (Some(proj), Some(roles)) => {
+                let k = x.text_ids.dims()[1];
+                let raw = text.index_select(&x.text_ids.flatten_all()?, 0)?.reshape((b, k, ()))?;
+                let r = roles.index_select(&x.roles.flatten_all()?, 0)?.reshape((b, k, d))?;
+                Some((proj.forward(&raw)? + r)?)
+            }
+            _ => None,
+        };
+        // Local entity representations: entity + attention over the utterances (ECR §3.3).
+        let z = match (&txt, &self.attn) {
+            (Some(t), Some(attn)) => {
+                let scores = (attn.forward(&ec)?.matmul(&t.transpose(1, 2)?)? / (d as f64).sqrt())?;
+                let a = masked_softmax(&scores, &x.text_mask.unsqueeze(1)?)?;
+                (&ec + a.matmul(t)?)?
+            }
+            _ => ec.clone(),
+        };
+        let u = match &self.emo_table {
+            Some(table) => {
+                let dm = self.cfg.emotion_dim;
+                let m = table.index_select(&x.emo_ids.flatten_all()?, 0)?.reshape((b, l, 3, dm))?;
+                Some(m.broadcast_mul(&x.emo_p)?.sum(2)?)
+            }
+            None => None,
+        };
+        let fuse = |m: &Option<(Linear, Linear)>, v: &Tensor| -> Result<Tensor> {
+            match (m, &u) {
+                (Some(m), Some(u)) => Ok((v + run_mlp(m, &Tensor::cat(&[v, u], D::Minus1)?)?)?),
+                (Some(m), None) => {
+                    let zeros = Tensor::zeros((b, l, self.cfg.emotion_dim), DType::F32, &self.device)?;
+                    Ok((v + run_mlp(m, &Tensor::cat(&[v, &zeros], D::Minus1)?)?)?)
+                }
+                _ => Ok(v.clone()),
+            }
+        };
+        let q_loc = fuse(&self.fuse, &z)?;
+        let (seq, seq_mask) = if self.gfuse.is_some() {
+            let g = if x.glob_ent.dims()[0] > 0 {
+                let rows = e.index_select(&x.glob_ent, 0)?.broadcast_mul(&x.glob_w)?;
+                Tensor::zeros((b * l, d), DType::F32, &self.device)?.index_add(&x.glob_slot, &rows, 0)?
+            } else {
+                Tensor::zeros((b * l, d), DType::F32, &self.device)?
+            };
+            let q_glob = fuse(&self.gfuse, &g.reshape((b, l, d))?)?;
+            (Tensor::cat(&[&q_loc, &q_glob], 1)?, Tensor::cat(&[&x.mask, &x.glob_mask], 1)?)
+        } else {
+            (q_loc, x.mask.clone())
+        };
+        // Text summary: attention pooling of the utterances with a learned query.
+        let summary = match (&txt, &self.text_query) {
+            (Some(t), Some(q)) => {
+                let s = t.broadcast_matmul(&q.unsqueeze(1)?)?.squeeze(2)?;
+                let a = masked_softmax(&s, &x.text_mask)?;
+                Some(a.unsqueeze(1)?.matmul(t)?.squeeze(1)?)
+            }
+            _ => None,
+        };
+        // The user representation attends over the fused entity sequence.
+        let query = match (&summary, &self.query_text) {
+            (Some(s), Some(w)) => w.forward(s)?.broadcast_add(&self.query0)?,
+            _ => self.query0.unsqueeze(0)?.repeat((b, 1))?,
+        };
+        let s = (seq.matmul(&query.unsqueeze(2)?)?.squeeze(2)? / (d as f64).sqrt())?;
+        let alpha = masked_softmax(&s, &seq_mask)?;
+        let any = seq_mask.max_keepdim(1)?;
+        let alpha = alpha.broadcast_mul(&any)?;
+        let pooled = alpha.unsqueeze(1)?.matmul(&seq)?.squeeze(1)?;
+        let h = match &summary {
+            Some(s) => self.out.forward(&Tensor::cat(&[&pooled, s], 1)?)?,
+            None => (self.out.forward(&pooled)? + &pooled)?,
+        };
+        let items = e.index_select(&self.items, 0)?;
+        let scores = h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?;
+        Ok((scores, alpha))
+    }
+
+    /// Split a row of the attention weights into local and global slot weights.
+    pub fn attention(&self, alpha: &[f32], slots: usize, l: usize) -> Attention {
+        let local = alpha[..slots.min(alpha.len())].to_vec();
+        let global =
+            if self.branches.global && alpha.len() >= l + slots { alpha[l..l + slots].to_vec() } else { vec![] };
+        Attention { local, global }
+    }
+
+    /// Rows of the items in the score vector, by KG id.
+    pub fn item_index(&self) -> HashMap<u32, usize> {
+        self.item_ids.iter().enumerate().map(|(i, &e)| (e, i)).collect()
+    }
+}

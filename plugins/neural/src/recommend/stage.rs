@@ -1,0 +1,293 @@
+//! The `recommender` stage: scores the item set for a turn and writes the top
+//! items into `turn.candidates`, with explanation data in `turn.ext.explain`
+//! (attention over the context entities, local/global shares, their emotions).
+//!
+//! The branches come from the recipe: the emotion table exists when an
+//! earlier enabled stage writes `local_emotions`, the global branch when one
+//! writes `global_entities` ([`RecommenderConfig::branches`]). The stage is
+//! trainable ([`super::trainer::RecTrainer`]).
+
+use super::features::features_of;
+use super::model::Recommender;
+use super::{Branches, ModelConfig};
+use crate::cache::{EmbeddingCache, embed_cached};
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::fit::{FitConfig, Params};
+use crate::text::{MINILM_DIR, TextEncoder, TextEncoderKey};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use ecr_data::Kg;
+use ecr_data::keys::{KgKey, MovieTitles, MovieTitlesKey};
+use ecr_engine::{
+    BoxError, BuildContext, Candidate, ConfigIssue, Field, Stage, StageFactory, StageIo, Trainable, Turn, TurnContext,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Configuration of `recommender` (`[stages.<id>.with]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecommenderConfig {
+    /// The MiniLM directory (`text = true`).
+    pub model_dir: String,
+    /// The embedding cache directory.
+    pub cache_dir: String,
+    /// The checkpoint directory; default `runs/<recipe>/<stage id>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Read the dialogue text (MiniLM utterance embeddings).
+    pub text: bool,
+    /// Use the user's emotions towards entities when an earlier stage writes
+    /// `local_emotions` (the model has no emotion table otherwise).
+    pub emotions: bool,
+    /// Use the global branch when an earlier stage writes `global_entities`.
+    pub global: bool,
+    /// Weight the loss by m(f) when an earlier stage (a feedback mapping) weighs `feedback`.
+    pub reweight: bool,
+    /// Candidates written.
+    pub top_k: usize,
+    /// Model shape.
+    pub model: ModelConfig,
+    /// Training hyper-parameters.
+    pub train: FitConfig,
+}
+
+impl Default for RecommenderConfig {
+    fn default() -> Self {
+        RecommenderConfig {
+            model_dir: format!("../models/{MINILM_DIR}"),
+            cache_dir: "../.cache/embeddings".into(),
+            checkpoint: None,
+            text: true,
+            emotions: true,
+            global: true,
+            reweight: true,
+            top_k: 10,
+            model: ModelConfig::default(),
+            train: FitConfig { epochs: 4, batch_size: 64, lr: 1e-3, weight_decay: 0.01, warmup: 0.05, seed: 42 },
+        }
+    }
+}
+
+impl RecommenderConfig {
+    /// The model's branches in `ctx`: a branch exists when the config allows
+    /// it and the recipe's earlier enabled stages provide its input.
+    pub fn branches(&self, ctx: &BuildContext) -> Branches {
+        Branches {
+            text: self.text,
+            emotions: self.emotions && ctx.provides(&Field::LocalEmotions),
+            global: self.global && ctx.provides(&Field::GlobalEntities),
+            reweight: self.reweight && ctx.provides(&Field::Feedback),
+        }
+    }
+
+    /// The checkpoint directory in `ctx`.
+    pub fn checkpoint_dir(&self, ctx: &BuildContext) -> PathBuf {
+        ctx.resolve_or_stage_dir(self.checkpoint.as_deref(), "")
+    }
+}
+
+/// The checkpoint metadata a model of `config` with `branches` over `kg` and
+/// `items` must carry (reweighting changes the training, not the model: it
+/// is recorded by the trainer, not compared here).
+pub fn expected_meta(
+    config: &RecommenderConfig,
+    branches: Branches,
+    items: &[u32],
+    kg: &Kg,
+    encoder: Option<&str>,
+) -> crate::Result<CheckpointMeta> {
+    let model = Branches { reweight: false, ..branches };
+    CheckpointMeta::new("recommender", &(config.model, model))?
+        .vocabulary("items", &items)?
+        .vocabulary("kg", &(kg.len(), kg.triple_count()))?
+        .encoder(encoder)
+        .require("branches", model)
+}
+
+/// The item set of `kg` in score order.
+pub fn item_set(kg: &Kg) -> Vec<u32> {
+    let mut items: Vec<u32> = kg.items.iter().copied().collect();
+    items.sort_unstable();
+    items
+}
+
+/// The running stage.
+pub struct RecommenderStage {
+    model: Recommender,
+    entities: Tensor,
+    encoder: Option<Arc<TextEncoder>>,
+    cache: Option<Mutex<EmbeddingCache>>,
+    config: RecommenderConfig,
+    branches: Branches,
+    names: Arc<Kg>,
+    titles: Arc<MovieTitles>,
+}
+
+impl RecommenderStage {
+    /// Load a trained model from `dir`.
+    pub fn load(parts: RecommenderParts, dir: &Path) -> Result<Self, BoxError> {
+        let RecommenderParts { config, branches, kg, titles, encoder, cache } = parts;
+        let device = Device::Cpu;
+        let items = item_set(&kg);
+        let vm = VarMap::new();
+        let mut p = Params::new(&vm, &device, 0);
+        let dim = encoder.as_ref().map_or(384, |e| e.dim());
+        let model = Recommender::new(&mut p, &kg, &items, config.model, branches, dim)?;
+        let meta = expected_meta(&config, branches, &items, &kg, encoder.as_ref().map(|e| e.id()))?;
+        checkpoint::load(dir, &vm, &meta, &device)?;
+        let entities = model.entity_table()?.detach();
+        Ok(RecommenderStage {
+            model,
+            entities,
+            encoder,
+            cache: cache.map(Mutex::new),
+            config,
+            branches,
+            names: kg,
+            titles,
+        })
+    }
+}
+
+/// What a recommender stage (or its trainer) is made of.
+pub struct RecommenderParts {
+    /// The stage's configuration.
+    pub config: RecommenderConfig,
+    /// The branches the recipe provides.
+    pub branches: Branches,
+    /// The KG.
+    pub kg: Arc<Kg>,
+    /// Catalogue titles, to write `@<id>` out before embedding text.
+    pub titles: Arc<MovieTitles>,
+    /// MiniLM, when the model reads text.
+    pub encoder: Option<Arc<TextEncoder>>,
+    /// Its embedding cache.
+    pub cache: Option<EmbeddingCache>,
+}
+
+impl RecommenderParts {
+    /// The parts of the stage configured by `config` in `ctx`, from the engine's resources.
+    pub fn of(config: RecommenderConfig, ctx: &BuildContext) -> Result<Self, BoxError> {
+        let dir = ctx.data_dir()?;
+        let kg = ctx.resources().get(&KgKey(dir.clone()))?;
+        let titles = ctx.resources().get(&MovieTitlesKey(dir))?;
+        let (encoder, cache) = if config.text {
+            let enc = ctx.resources().get(&TextEncoderKey(ctx.resolve(&config.model_dir)))?;
+            let cache = EmbeddingCache::for_encoder(&ctx.resolve(&config.cache_dir), &enc)?;
+            (Some(enc), Some(cache))
+        } else {
+            (None, None)
+        };
+        let branches = config.branches(ctx);
+        Ok(RecommenderParts { config, branches, kg, titles, encoder, cache })
+    }
+}
+
+impl Stage for RecommenderStage {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
+        let _span = tracing::debug_span!("recommender").entered();
+        let c = &self.config;
+        let b = self.branches;
+        let f = features_of(turn, b.emotions, b.global, c.model.max_entities, c.model.max_utterances, &self.titles);
+        let (table, rows): (Tensor, Vec<String>) = match &self.encoder {
+            Some(enc) => {
+                let texts: Vec<String> = f.utterances.iter().map(|u| u.0.clone()).collect();
+                let mut guard = self.cache.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+                let vecs = embed_cached(enc, guard.as_deref_mut(), &texts, false)?;
+                let mut flat = vec![0f32; enc.dim()];
+                vecs.iter().for_each(|v| flat.extend_from_slice(v));
+                (Tensor::from_vec(flat, (texts.len() + 1, enc.dim()), &Device::Cpu)?, texts)
+            }
+            None => (Tensor::zeros((1, 384), candle_core::DType::F32, &Device::Cpu)?, vec![]),
+        };
+        let row = |t: &str| rows.iter().position(|r| r == t).map_or(0, |i| i as u32 + 1);
+        let batch = self.model.batch(&[&f], &row)?;
+        let (scores, alpha) = self.model.forward(&self.entities, &table, &batch)?;
+        let scores = scores.squeeze(0)?.to_vec1::<f32>()?;
+        let alpha = alpha.squeeze(0)?.to_vec1::<f32>()?;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let items = self.model.items();
+        turn.candidates = order
+            .iter()
+            .take(c.top_k)
+            .map(|&i| Candidate {
+                item: items[i],
+                name: self.names.name(items[i]).unwrap_or("?").to_string(),
+                score: scores[i],
+            })
+            .collect();
+        let l = f.slots.len().max(1);
+        let att = self.model.attention(&alpha, f.slots.len(), l);
+        let slots: Vec<serde_json::Value> = f
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                serde_json::json!({
+                    "entity": s.entity,
+                    "name": self.names.name(s.entity).unwrap_or("?"),
+                    "emotions": s.emotions.iter().map(|(e, p)| (ecr_engine::Emotion::from_index(*e).map_or("pad", |x| x.name()), p)).collect::<Vec<_>>(),
+                    "local_attention": att.local.get(j),
+                    "global_attention": att.global.get(j),
+                })
+            })
+            .collect();
+        let local: f32 = att.local.iter().sum();
+        let global: f32 = att.global.iter().sum();
+        turn.ext.insert(
+            "explain".into(),
+            serde_json::json!({ "slots": slots, "local_share": local, "global_share": global }),
+        );
+        Ok(())
+    }
+}
+
+/// The factory of `recommender`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecommenderFactory;
+
+impl StageFactory for RecommenderFactory {
+    type Config = RecommenderConfig;
+
+    fn name(&self) -> &'static str {
+        "recommender"
+    }
+
+    fn description(&self) -> &'static str {
+        "ECR's emotion-aware recommender: R-GCN entities, context text, local/global emotions; ranks the item set"
+    }
+
+    fn io(&self, _c: &Self::Config) -> StageIo {
+        StageIo::new([Field::History, Field::UserText, Field::UserEntities], [Field::Candidates, Field::Ext("explain".into())])
+            .with_optional([Field::LocalEmotions, Field::GlobalEntities, Field::Feedback])
+    }
+
+    fn check(&self, c: &Self::Config, _ctx: &BuildContext) -> Vec<ConfigIssue> {
+        let mut issues = Vec::new();
+        if c.top_k == 0 {
+            issues.push(ConfigIssue::new("top_k", "must be at least 1"));
+        }
+        if c.model.dim == 0 || c.model.bases == 0 || c.model.max_entities == 0 || c.model.max_utterances == 0 {
+            issues.push(ConfigIssue::new("model", "dim, bases, max_entities and max_utterances must be at least 1"));
+        }
+        if let Err(e) = c.train.validate("train.") {
+            issues.push(ConfigIssue::new("train", e.to_string()));
+        }
+        issues
+    }
+
+    fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
+        let dir = config.checkpoint_dir(ctx);
+        let stage = RecommenderStage::load(RecommenderParts::of(config, ctx)?, &dir).map_err(|e| {
+            format!("{e} (stage {:?}: `ecr train -r {}` trains it)", ctx.stage_id(), ctx.recipe_path().display())
+        })?;
+        Ok(Box::new(stage))
+    }
+
+    fn trainer(&self, config: Self::Config, ctx: &BuildContext) -> Result<Option<Box<dyn Trainable>>, BoxError> {
+        Ok(Some(Box::new(super::trainer::RecTrainer::new(config, ctx))))
+    }
+}

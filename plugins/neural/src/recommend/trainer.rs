@@ -1,0 +1,316 @@
+//! The recommender's side of the engine's training contract: its training
+//! data is the recipe's own upstream stages replayed over ReDial.
+//!
+//! For every recommender turn with gold movies, the example is the turn the
+//! upstream stages produced for everything said before it (the replayed seeker
+//! turn just before it), with the seeker's questionnaire answers for the gold
+//! movies in `turn.feedback`; the stages after the dialogue-shaping ones
+//! (local emotion, global emotion, feedback mapping) then run on it, so m(f)
+//! comes from the recipe's feedback mapping, built-in or Lua. Emotions are the
+//! tagger stage's on every split, the test split included: never the
+//! annotators' labels.
+
+use super::metrics::{Outcome, popularity_scores, repeat_scores, report};
+use super::model::Recommender;
+use super::stage::{RecommenderConfig, RecommenderParts, expected_meta, item_set};
+use super::train::{GoldTurn, RecObjective, SplitExamples, TextTable, evaluate, examples_from};
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::fit::{Params, fit, param_count};
+use candle_core::Device;
+use candle_nn::VarMap;
+use ecr_data::linker::at_mentions;
+use ecr_data::replay::{RedialSplits, script};
+use ecr_data::{Conversation, kg::link_movies, keys::CatalogueKey};
+use ecr_engine::{
+    BoxError, BuildContext, EvalReport, Fingerprint, ItemFeedback, Role, TrainContext, TrainReport, TrainStatus,
+    Trainable, Utterance,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+/// What the checkpoint was trained from, beside it.
+pub const TRAINED_FROM_FILE: &str = "trained_from.json";
+/// The test metrics written after training.
+pub const METRICS_FILE: &str = "metrics.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainedFrom {
+    upstream: String,
+    data: String,
+    train: serde_json::Value,
+    reweighted: bool,
+}
+
+/// The three splits' examples.
+struct Data {
+    train: SplitExamples,
+    valid: SplitExamples,
+    test: SplitExamples,
+    reweighted: bool,
+}
+
+/// Trains and evaluates one recipe's `recommender` stage.
+pub struct RecTrainer {
+    config: RecommenderConfig,
+    ctx: BuildContext,
+}
+
+impl RecTrainer {
+    /// The trainer of the stage configured by `config` in `ctx`.
+    pub fn new(config: RecommenderConfig, ctx: &BuildContext) -> Self {
+        RecTrainer { config, ctx: ctx.clone() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.config.checkpoint_dir(&self.ctx)
+    }
+
+    fn record(&self) -> Option<TrainedFrom> {
+        serde_json::from_str(&std::fs::read_to_string(self.dir().join(TRAINED_FROM_FILE)).ok()?).ok()
+    }
+
+    fn expected(&self, parts: &RecommenderParts) -> Result<CheckpointMeta, BoxError> {
+        let items = item_set(&parts.kg);
+        Ok(expected_meta(&self.config, parts.branches, &items, &parts.kg, parts.encoder.as_ref().map(|e| e.id()))?)
+    }
+
+    /// The gold turns of `convs` from their replayed turns.
+    fn gold_turns(convs: &[Conversation], replayed: &[Vec<ecr_engine::Turn>], movie_entity: &HashMap<u32, u32>) -> Vec<GoldTurn> {
+        let mut out = Vec::new();
+        for (conv, turns) in convs.iter().zip(replayed) {
+            let (utterances, _) = script(conv);
+            let mut seekers = 0usize;
+            for u in &utterances {
+                match u.role {
+                    Role::Seeker => seekers += 1,
+                    // ECR skips a recommender turn with no context before it.
+                    Role::Recommender if seekers == 0 => {}
+                    Role::Recommender => {
+                        let mut gold: Vec<(u32, ecr_engine::Feedback)> = Vec::new();
+                        for (movie, _) in at_mentions(&u.text, |m| movie_entity.contains_key(&m)) {
+                            let item = movie_entity[&movie];
+                            if !gold.iter().any(|g| g.0 == item) {
+                                gold.push((item, conv.seeker_feedback(movie)));
+                            }
+                        }
+                        if gold.is_empty() {
+                            continue;
+                        }
+                        let Some(turn) = turns.get(seekers - 1) else { continue };
+                        let mut turn = turn.clone();
+                        turn.feedback =
+                            gold.iter().map(|&(item, feedback)| ItemFeedback { item, feedback, weight: None }).collect();
+                        out.push(GoldTurn { turn, gold });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Replay the upstream stages over train, valid and test, and build the examples.
+    fn data(&self, cx: &TrainContext<'_>, parts: &RecommenderParts) -> Result<Data, BoxError> {
+        let dir = self.ctx.data_dir()?;
+        let splits = RedialSplits::load(&dir)?;
+        let catalogue = self.ctx.resources().get(&CatalogueKey(dir))?;
+        let movie_entity: HashMap<u32, u32> =
+            link_movies(&catalogue, &parts.kg).into_iter().map(|(m, (e, _))| (m, e)).collect();
+        let all: Vec<&Conversation> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+        let scripts: Vec<Vec<Utterance>> = all.iter().map(|c| script(c).0).collect();
+        let bar = crate::fit::progress_bar(cx.options.progress, 0, "recommender: replaying the upstream stages");
+        let replayed = cx.replay_shaping(&scripts, &splits.fingerprint, &mut |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        let (n_train, n_valid) = (splits.train.len(), splits.valid.len());
+        let parts_of = |convs: &[Conversation], from: usize| -> Vec<GoldTurn> {
+            Self::gold_turns(convs, &replayed[from..from + convs.len()], &movie_entity)
+        };
+        let mut gold = [parts_of(&splits.train, 0), parts_of(&splits.valid, n_train), parts_of(&splits.test, n_train + n_valid)];
+        for g in &mut gold {
+            let mut turns: Vec<ecr_engine::Turn> = g.iter_mut().map(|x| std::mem::take(&mut x.turn)).collect();
+            cx.run_rest(&mut turns)?;
+            for (x, t) in g.iter_mut().zip(turns) {
+                x.turn = t;
+            }
+        }
+        let reweighted = gold[0].iter().any(|g| g.turn.feedback.iter().any(|f| f.weight.is_some()));
+        let items: HashMap<u32, usize> = item_set(&parts.kg).into_iter().enumerate().map(|(i, e)| (e, i)).collect();
+        let cfg = &self.config.model;
+        let ex = |g: &[GoldTurn]| examples_from(g, &items, parts.branches, cfg, &parts.titles);
+        Ok(Data { train: ex(&gold[0]), valid: ex(&gold[1]), test: ex(&gold[2]), reweighted })
+    }
+
+    fn text_table(parts: &mut RecommenderParts, splits: &[&SplitExamples], progress: bool) -> Result<TextTable, BoxError> {
+        let device = Device::Cpu;
+        Ok(match &parts.encoder {
+            Some(enc) => TextTable::build(enc, parts.cache.as_mut(), splits, &device, progress)?,
+            None => TextTable { table: candle_core::Tensor::zeros((1, 384), candle_core::DType::F32, &device)?, rows: HashMap::new() },
+        })
+    }
+
+    fn model(&self, parts: &RecommenderParts, vm: &VarMap, seed: u64) -> Result<Recommender, BoxError> {
+        let mut p = Params::new(vm, &Device::Cpu, seed);
+        let dim = parts.encoder.as_ref().map_or(384, |e| e.dim());
+        Ok(Recommender::new(&mut p, &parts.kg, &item_set(&parts.kg), self.config.model, parts.branches, dim)?)
+    }
+
+    /// The test metrics of `model`, both protocols, beside the popularity and repeat baselines.
+    fn test_metrics(model: &Recommender, data: &Data, text: &TextTable) -> Result<serde_json::Value, BoxError> {
+        let m = report(&evaluate(model, &data.test, text)?);
+        let n_items = model.items().len();
+        let pop = popularity_scores(n_items, data.train.examples.iter().map(|x| x.gold));
+        let index = model.item_index();
+        let base = |f: &dyn Fn(&[usize]) -> Vec<f32>| -> BTreeMap<String, f64> {
+            let outcomes: Vec<Outcome> = data
+                .test
+                .examples
+                .iter()
+                .map(|x| {
+                    let mentioned: Vec<usize> =
+                        data.test.turns[x.turn].mentioned.iter().filter_map(|e| index.get(e).copied()).collect();
+                    Outcome::of(&f(&mentioned), x.gold, &mentioned, x.feedback)
+                })
+                .collect();
+            report(&outcomes)
+        };
+        let mut v = serde_json::to_value(&m)?;
+        v["n"] = data.test.examples.len().into();
+        v["baselines"] = serde_json::json!({
+            "popularity": base(&|_| pop.clone()),
+            "repeat_mentioned": base(&|m| repeat_scores(&pop, m)),
+        });
+        Ok(v)
+    }
+}
+
+/// A table of the headline metrics of `m` (and its baselines), both protocols.
+pub fn metrics_table(m: &serde_json::Value) -> String {
+    let keys = ["recall@1", "recall@10", "recall@50", "recall_true@10", "recall_true@50", "auc", "auc_global", "ndcg@10", "mrr@10"];
+    let row = |name: &str, v: &serde_json::Value, prefix: &str| {
+        let cells: Vec<String> =
+            keys.iter().map(|k| v.get(format!("{prefix}{k}")).and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.4}"))).collect();
+        format!("{name:<22} {}", cells.join("  "))
+    };
+    let mut out = format!("{:<22} {}\n", "", keys.join("  "));
+    for (prefix, title) in [("", "paper protocol"), ("new_items.", "new-items protocol")] {
+        out.push_str(&format!("-- {title}\n"));
+        out.push_str(&row("recommender", m, prefix));
+        out.push('\n');
+        for b in ["popularity", "repeat_mentioned"] {
+            out.push_str(&row(b, &m["baselines"][b], prefix));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+impl Trainable for RecTrainer {
+    fn status(&self, upstream: &str) -> Result<TrainStatus, BoxError> {
+        let dir = self.dir();
+        if !checkpoint::exists(&dir) {
+            return Ok(TrainStatus::Missing(format!("no checkpoint in {}", dir.display())));
+        }
+        let parts = RecommenderParts::of(self.config.clone(), &self.ctx)?;
+        if let Some(why) = checkpoint::stale_reason(&dir, &self.expected(&parts)?) {
+            return Ok(TrainStatus::Stale(why));
+        }
+        let Some(was) = self.record() else {
+            return Ok(TrainStatus::Stale(format!("{} is missing", dir.join(TRAINED_FROM_FILE).display())));
+        };
+        let mut why = Vec::new();
+        if was.upstream != upstream {
+            why.push("an upstream stage changed or was retrained".to_string());
+        }
+        let data = RedialSplits::load(&self.ctx.data_dir()?)?.fingerprint;
+        if was.data != data {
+            why.push("redial/train.jsonl or test.jsonl changed".to_string());
+        }
+        if was.train != serde_json::to_value(&self.config.train)? {
+            why.push("the training configuration changed".to_string());
+        }
+        Ok(if why.is_empty() { TrainStatus::UpToDate(format!("checkpoint {}", dir.display())) } else { TrainStatus::Stale(why.join("; ")) })
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        let dir = self.dir();
+        let meta = std::fs::read_to_string(dir.join(checkpoint::META_FILE)).ok()?;
+        let record = std::fs::read_to_string(dir.join(TRAINED_FROM_FILE)).unwrap_or_default();
+        Some(Fingerprint::new().str(&meta).str(&record).hex())
+    }
+
+    fn train(&self, cx: &TrainContext<'_>) -> Result<TrainReport, BoxError> {
+        let mut parts = RecommenderParts::of(self.config.clone(), &self.ctx)?;
+        let mut fc = self.config.train.clone();
+        if let Some(seed) = cx.options.seed {
+            fc.seed = seed;
+        }
+        let t0 = std::time::Instant::now();
+        let data = self.data(cx, &parts)?;
+        let data_s = t0.elapsed().as_secs_f64();
+        let text = Self::text_table(&mut parts, &[&data.train, &data.valid, &data.test], cx.options.progress)?;
+        let text_s = t0.elapsed().as_secs_f64() - data_s;
+        let vm = VarMap::new();
+        let model = self.model(&parts, &vm, fc.seed)?;
+        let params = param_count(&vm);
+        let mut objective = RecObjective {
+            model: &model,
+            train: &data.train,
+            valid: &data.valid,
+            text: &text,
+            device: Device::Cpu,
+            history: vec![],
+        };
+        let fit_report = fit(&vm, &mut objective, &fc, "recommender", cx.options.progress)?;
+        let mut meta = self.expected(&parts)?;
+        meta.info = serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
+        let dir = self.dir();
+        checkpoint::save(&dir, &vm, &meta)?;
+        let metrics = Self::test_metrics(&model, &data, &text)?;
+        std::fs::write(dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?)?;
+        let record = TrainedFrom {
+            upstream: cx.upstream_fingerprint.to_string(),
+            data: RedialSplits::load(&self.ctx.data_dir()?)?.fingerprint,
+            train: serde_json::to_value(&self.config.train)?,
+            reweighted: data.reweighted,
+        };
+        std::fs::write(dir.join(TRAINED_FROM_FILE), serde_json::to_string_pretty(&record)?)?;
+        let b = parts.branches;
+        let f = |k: &str| metrics.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        Ok(TrainReport {
+            summary: format!(
+                "recommender ({params} parameters; text {}, emotions {}, global {}, reweighted {}): {} train / {} valid / {} test \
+                 examples (data {data_s:.0} s, text {text_s:.0} s, fit {:.0} s, best epoch {}); test R@10 {:.4}, RT@10 {:.4}, \
+                 AUC {:.4}, new-items R@10 {:.4}; checkpoint {}",
+                b.text,
+                b.emotions,
+                b.global,
+                data.reweighted,
+                data.train.examples.len(),
+                data.valid.examples.len(),
+                data.test.examples.len(),
+                fit_report.seconds,
+                fit_report.best_epoch,
+                f("recall@10"),
+                f("recall_true@10"),
+                f("auc"),
+                f("new_items.recall@10"),
+                dir.display()
+            ),
+            metrics,
+        })
+    }
+
+    fn evaluate(&self, cx: &TrainContext<'_>) -> Result<EvalReport, BoxError> {
+        let mut parts = RecommenderParts::of(self.config.clone(), &self.ctx)?;
+        let data = self.data(cx, &parts)?;
+        let text = Self::text_table(&mut parts, &[&data.test], cx.options.progress)?;
+        let vm = VarMap::new();
+        let model = self.model(&parts, &vm, 0)?;
+        checkpoint::load(&self.dir(), &vm, &self.expected(&parts)?, &Device::Cpu)?;
+        let metrics = Self::test_metrics(&model, &data, &text)?;
+        Ok(EvalReport { text: metrics_table(&metrics), metrics })
+    }
+}
