@@ -1,0 +1,22 @@
+//! `ecr-respond`: everything that goes into the generator's prompt, and the
+//! response metrics.
+//!
+//! * [`clean`]: ECR's review cleaning, filtering and sentence splitting.
+//! * [`emotion`]: the per-sentence emotion signal (a feeling-word lexicon).
+//! * [`reviewdb`]: the review database (sentences, embeddings, HNSW index), persisted.
+//! * [`knowledge`]: KG and movie_info facts about a movie, and what supports claims about it.
+//! * [`retrieve`]: the retriever (review passages, facts, review entities for the top items).
+//! * [`prompt`]: the prompt builder (template, chat format, token budget).
+pub mod clean;
+pub mod emotion;
+pub mod error;
+pub mod knowledge;
+pub mod prompt;
+pub mod retrieve;
+pub mod reviewdb;
+
+pub use error::{RespondError, Result};
+pub use knowledge::KnowledgeIndex;
+pub use prompt::{EstimateCounter, Prompt, PromptBuilder, PromptConfig, PromptInput, TokenCounter};
+pub use retrieve::{PassageSource, RetrieveOptions, Retrieved, Retriever, World};
+pub use reviewdb::{DbSources, Opened, ReviewDb, ReviewDbParams};
