@@ -6,11 +6,14 @@
 pub use ecr_data as data;
 pub use ecr_engine::Registry;
 pub use ecr_neural as neural;
+pub use ecr_respond as respond;
 
 /// Register every built-in stage in `registry`.
 pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
     registry.register(ecr_data::EntityLinkerFactory)?;
     registry.register(ecr_neural::EmotionTaggerFactory)?;
+    registry.register(ecr_respond::RetrieverFactory)?;
+    registry.register(ecr_respond::PromptBuilderFactory)?;
     Ok(())
 }
 

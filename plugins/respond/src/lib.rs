@@ -7,6 +7,7 @@
 //! * [`knowledge`]: KG and movie_info facts about a movie, and what supports claims about it.
 //! * [`retrieve`]: the retriever (review passages, facts, review entities for the top items).
 //! * [`prompt`]: the prompt builder (template, chat format, token budget).
+//! * [`stage`]: the `retriever` and `prompt_builder` stages.
 pub mod clean;
 pub mod emotion;
 pub mod error;
@@ -14,9 +15,11 @@ pub mod knowledge;
 pub mod prompt;
 pub mod retrieve;
 pub mod reviewdb;
+pub mod stage;
 
 pub use error::{RespondError, Result};
 pub use knowledge::KnowledgeIndex;
 pub use prompt::{EstimateCounter, Prompt, PromptBuilder, PromptConfig, PromptInput, TokenCounter};
 pub use retrieve::{PassageSource, RetrieveOptions, Retrieved, Retriever, World};
 pub use reviewdb::{DbSources, Opened, ReviewDb, ReviewDbParams};
+pub use stage::{PromptBuilderConfig, PromptBuilderFactory, RetrieverConfig, RetrieverFactory};

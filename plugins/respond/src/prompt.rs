@@ -279,7 +279,8 @@ impl PromptBuilder {
 
     fn render(&self, p: &Parts) -> (String, String) {
         let c = &self.config;
-        let opening = fill(&c.opening, &[("movie", &p.movie)]);
+        // No movie to recommend this turn: no opening sentence either.
+        let opening = if p.movie.is_empty() { String::new() } else { fill(&c.opening, &[("movie", &p.movie)]) };
         let mut dialogue = p.dialogue.clone();
         dialogue.push(format!("{}: {}", c.user_label, p.last));
         let values = [
