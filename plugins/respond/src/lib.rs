@@ -7,11 +7,13 @@
 //! * [`knowledge`]: KG and movie_info facts about a movie, and what supports claims about it.
 //! * [`retrieve`]: the retriever (review passages, facts, review entities for the top items).
 //! * [`prompt`]: the prompt builder (template, chat format, token budget).
+//! * [`metrics`]: Dist-n, BLEU-n, length, movie naming, factual consistency; response records.
 //! * [`stage`]: the `retriever` and `prompt_builder` stages.
 pub mod clean;
 pub mod emotion;
 pub mod error;
 pub mod knowledge;
+pub mod metrics;
 pub mod prompt;
 pub mod retrieve;
 pub mod reviewdb;
@@ -19,6 +21,7 @@ pub mod stage;
 
 pub use error::{RespondError, Result};
 pub use knowledge::KnowledgeIndex;
+pub use metrics::{FactChecker, ResponseMetrics, ResponseRecord};
 pub use prompt::{EstimateCounter, Prompt, PromptBuilder, PromptConfig, PromptInput, TokenCounter};
 pub use retrieve::{PassageSource, RetrieveOptions, Retrieved, Retriever, World};
 pub use reviewdb::{DbSources, Opened, ReviewDb, ReviewDbParams};

@@ -251,3 +251,23 @@ budget = 400
     assert!(ecr_respond::TokenCounter::count(&ecr_respond::EstimateCounter, prompt) <= 400);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn factual_consistency_on_the_real_kg() {
+    use ecr_respond::metrics::RecommendedMovie;
+    let f = fixture();
+    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let fc = ecr_respond::FactChecker::new(&f.res.kg, &f.res.catalogue, &f.res.linker, &idx);
+    let m = f.res.catalogue.movies().iter().find(|m| m.title == "Titanic (1997)").expect("Titanic in the catalogue");
+    let movie = RecommendedMovie { item: f.res.linker.movie_entity(m.id).unwrap(), name: m.title.clone() };
+    let ok = fc.claims("Titanic is James Cameron's epic with Leonardo DiCaprio and Kate Winslet.", &movie, &[]);
+    assert_eq!(ok.len(), 3, "{ok:?}");
+    assert!(ok.iter().all(|c| c.supported), "{ok:?}");
+    let bad = fc.claims("Titanic stars Tom Cruise and was made by Pixar.", &movie, &[]);
+    assert_eq!(
+        bad.iter().map(|c| (c.name.as_str(), c.supported)).collect::<Vec<_>>(),
+        vec![("Tom Cruise", false), ("Pixar", false)]
+    );
+    // Named by the user first: not the response's claim.
+    assert!(fc.claims("Tom Cruise is not in it.", &movie, &["I like Tom Cruise".into()]).is_empty());
+}
