@@ -8,7 +8,9 @@
 //! * [`retrieve`]: the retriever (review passages, facts, review entities for the top items).
 //! * [`prompt`]: the prompt builder (template, chat format, token budget).
 //! * [`metrics`]: Dist-n, BLEU-n, length, movie naming, factual consistency; response records.
+//! * [`bench`]: build/reload times of the database and retrieval latency per turn.
 //! * [`stage`]: the `retriever` and `prompt_builder` stages.
+pub mod bench;
 pub mod clean;
 pub mod emotion;
 pub mod error;

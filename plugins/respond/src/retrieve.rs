@@ -131,7 +131,8 @@ pub struct World<'a> {
 
 /// The retriever: the review database and the maps over the KG.
 pub struct Retriever {
-    db: Arc<ReviewDb>,
+    /// None: facts only (the review options are off).
+    db: Option<Arc<ReviewDb>>,
     index: KnowledgeIndex,
     /// KG entity of each database movie (None: not in the KG; never used as a similar film).
     movie_entity: Vec<Option<u32>>,
@@ -153,6 +154,12 @@ pub fn context_text(linker: &Linker, history: &[Utterance], user: &str, turns: u
 }
 
 impl Retriever {
+    /// A retriever of facts only (no review database: `options.reviews` is ignored).
+    pub fn facts_only(world: World<'_>, options: RetrieveOptions) -> Self {
+        let index = KnowledgeIndex::new(world.catalogue, world.kg, world.linker);
+        Retriever { db: None, index, movie_entity: Vec::new(), options }
+    }
+
     /// A retriever over `db`; `world` must be the resources the database was built with.
     pub fn new(db: Arc<ReviewDb>, world: World<'_>, options: RetrieveOptions) -> Result<Self> {
         if db.encoder_id() != world.encoder.id() {
@@ -166,12 +173,12 @@ impl Retriever {
         let index = KnowledgeIndex::new(world.catalogue, world.kg, world.linker);
         let movie_entity =
             db.movies().iter().map(|m| m.redial_ids.iter().find_map(|&r| world.linker.movie_entity(r))).collect();
-        Ok(Retriever { db, index, movie_entity, options })
+        Ok(Retriever { db: Some(db), index, movie_entity, options })
     }
 
-    /// The database.
-    pub fn db(&self) -> &ReviewDb {
-        &self.db
+    /// The database, unless the retriever is facts-only.
+    pub fn db(&self) -> Option<&ReviewDb> {
+        self.db.as_deref()
     }
 
     /// The KG maps.
@@ -186,7 +193,8 @@ impl Retriever {
 
     /// The database movie of a KG item, if it has reviews.
     pub fn db_movie(&self, item: u32) -> Option<usize> {
-        self.index.redial_ids(item).iter().find_map(|&r| self.db.movie_of_redial(r))
+        let db = self.db.as_deref()?;
+        self.index.redial_ids(item).iter().find_map(|&r| db.movie_of_redial(r))
     }
 
     /// Retrieve for the top candidates given the dialogue so far.
@@ -217,9 +225,7 @@ impl Retriever {
                 ));
             }
         }
-        if !o.reviews {
-            return Ok(out);
-        }
+        let (true, Some(db)) = (o.reviews, self.db.as_deref()) else { return Ok(out) };
         // One encoder call: the context, then the description of each item without reviews.
         let context = context_text(world.linker, history, user, o.context_turns);
         let mut texts = vec![context];
@@ -237,54 +243,52 @@ impl Retriever {
         for c in items {
             match self.db_movie(c.item) {
                 Some(m) => {
-                    out.passages.extend(self.own_passages(m, c, ctx));
-                    out.entities.extend(self.review_entities(world.kg, m, c.item));
+                    out.passages.extend(self.own_passages(db, m, c, ctx));
+                    out.entities.extend(self.review_entities(db, world.kg, m, c.item));
                 }
-                None => out.passages.extend(self.similar_passages(c, ctx, desc_of[&c.item])),
+                None => out.passages.extend(self.similar_passages(db, c, ctx, desc_of[&c.item])),
             }
         }
         out.entities.dedup();
         Ok(out)
     }
 
-    fn passage(&self, sentence: usize, item: u32, score: f32, similar_to: Option<&str>) -> Passage {
-        let s = &self.db.sentences()[sentence];
-        let film = self.db.movies()[s.movie as usize].title.clone();
+    fn passage(&self, db: &ReviewDb, sentence: usize, item: u32, score: f32, similar_to: Option<&str>) -> Passage {
+        let s = &db.sentences()[sentence];
+        let film = db.movies()[s.movie as usize].title.clone();
         let source = PassageSource {
             film,
             similar_to: similar_to.map(str::to_string),
-            review: self.db.review_source(s.review).to_string(),
+            review: db.review_source(s.review).to_string(),
         };
         Passage { item, text: s.text.clone(), score, source: source.render() }
     }
 
-    fn own_passages(&self, movie: usize, c: &Candidate, ctx: &[f32]) -> Vec<Passage> {
-        self.db
-            .exact(ctx, self.db.movie_sentences(movie), self.options.k)
+    fn own_passages(&self, db: &ReviewDb, movie: usize, c: &Candidate, ctx: &[f32]) -> Vec<Passage> {
+        db.exact(ctx, db.movie_sentences(movie), self.options.k)
             .into_iter()
-            .map(|(i, score)| self.passage(i, c.item, score, None))
+            .map(|(i, score)| self.passage(db, i, c.item, score, None))
             .collect()
     }
 
-    fn similar_passages(&self, c: &Candidate, ctx: &[f32], desc: &[f32]) -> Vec<Passage> {
+    fn similar_passages(&self, db: &ReviewDb, c: &Candidate, ctx: &[f32], desc: &[f32]) -> Vec<Passage> {
         let o = &self.options;
         if o.similar_k == 0 {
             return Vec::new();
         }
         let query: Vec<f32> = ctx.iter().zip(desc).map(|(a, b)| a + b).collect();
-        let sentences = self.db.sentences();
+        let sentences = db.sentences();
         let keep = |i: usize| {
             let s = &sentences[i];
             s.is_emotional() && self.movie_entity[s.movie as usize].is_some_and(|e| e != c.item)
         };
         let pool = (o.similar_k * o.per_movie.max(1) * 8).max(32);
-        let mut hits: Vec<(usize, f32)> = self
-            .db
+        let mut hits: Vec<(usize, f32)> = db
             .search(&query, pool, o.ef.max(pool), &keep)
             .into_iter()
             .map(|(i, _)| {
                 let m = sentences[i].movie as usize;
-                (i, dot(ctx, self.db.vector(i)) + dot(desc, self.db.description_vector(m)))
+                (i, dot(ctx, db.vector(i)) + dot(desc, db.description_vector(m)))
             })
             .collect();
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -298,7 +302,7 @@ impl Retriever {
             }
             *n += 1;
             let Some(item) = self.movie_entity[m as usize] else { continue };
-            out.push(self.passage(i, item, score, Some(&c.name)));
+            out.push(self.passage(db, i, item, score, Some(&c.name)));
             if out.len() == o.similar_k {
                 break;
             }
@@ -308,10 +312,10 @@ impl Retriever {
 
     /// The entities the movie's reviews mention at least twice, most
     /// mentioned first (ECR's per-movie review entities), without the movie itself.
-    fn review_entities(&self, kg: &Kg, movie: usize, item: u32) -> Vec<String> {
+    fn review_entities(&self, db: &ReviewDb, kg: &Kg, movie: usize, item: u32) -> Vec<String> {
         let mut counts: HashMap<u32, usize> = HashMap::new();
-        for i in self.db.movie_sentences(movie) {
-            for &e in &self.db.sentences()[i].entities {
+        for i in db.movie_sentences(movie) {
+            for &e in &db.sentences()[i].entities {
                 if e != item {
                     *counts.entry(e).or_default() += 1;
                 }

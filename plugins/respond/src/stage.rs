@@ -241,6 +241,12 @@ impl StageFactory for RetrieverFactory {
         let dir = resolve_data_dir(&config.data_dir, ctx)?;
         let res = shared_resources(ctx, &dir)?;
         let encoder = ecr_neural::stage::shared_encoder(ctx, &ctx.resolve(&config.model_dir))?;
+        let world = World { kg: &res.kg, catalogue: &res.catalogue, linker: &res.linker, encoder: &encoder };
+        if !config.reviews {
+            // No review passages: the database is not needed (nor built).
+            let retriever = Retriever::facts_only(world, config.options());
+            return Ok(Box::new(RetrieverStage::new(res.clone(), encoder.clone(), retriever)));
+        }
         let (db, opened) = open_review_db(&config, &res, &encoder, ctx, true)?;
         if let Opened::Built(reason) = &opened {
             let s = db.stats();
@@ -252,9 +258,8 @@ impl StageFactory for RetrieverFactory {
                 s.total_s
             );
         }
-        let world = World { kg: &res.kg, catalogue: &res.catalogue, linker: &res.linker, encoder: &encoder };
         let retriever = Retriever::new(Arc::new(db), world, config.options())?;
-        Ok(Box::new(RetrieverStage::new(res, encoder, retriever)))
+        Ok(Box::new(RetrieverStage::new(res.clone(), encoder.clone(), retriever)))
     }
 }
 

@@ -142,7 +142,7 @@ fn owner(db: &ReviewDb, text: &str) -> Vec<usize> {
 fn the_retriever_never_passes_another_movies_sentences_as_this_movies() {
     let f = fixture();
     let r = retriever();
-    let db = r.db();
+    let db = r.db().unwrap();
     let history = vec![Utterance::new(Role::Seeker, "Hi! I'm in the mood for something emotional tonight.")];
     let user = "I loved movies that made me cry";
     // Movies with reviews: their own sentences only, best first.
@@ -198,7 +198,7 @@ fn the_stages_run_in_an_engine_on_a_real_dialogue() {
     let dir = tmp("engine");
     let script = root().join("recipes/lua/mentioned_candidates.lua");
     // A movie of the fixture with reviews, typed by title.
-    let movie = f.res.catalogue.get(retriever().db().movies()[0].redial_ids[0]).unwrap();
+    let movie = f.res.catalogue.get(retriever().db().unwrap().movies()[0].redial_ids[0]).unwrap();
     let recipe = format!(
         r#"
 [recipe]
@@ -270,4 +270,45 @@ fn factual_consistency_on_the_real_kg() {
     );
     // Named by the user first: not the response's claim.
     assert!(fc.claims("Tom Cruise is not in it.", &movie, &["I like Tom Cruise".into()]).is_empty());
+}
+
+#[test]
+fn the_no_knowledge_ablation_builds_no_database_and_prompts_without_knowledge() {
+    let f = fixture();
+    let dir = tmp("ablation");
+    let script = root().join("recipes/lua/mentioned_candidates.lua");
+    let recipe = format!(
+        r#"
+[recipe]
+name = "respond-no-knowledge"
+pipeline = ["link", "candidates", "retrieve", "prompt"]
+[stages.link]
+use = "entity_linker"
+[stages.candidates]
+use = "lua"
+with = {{ script = "{script}", reads = ["user.entities", "history"], writes = ["candidates"] }}
+[stages.retrieve]
+use = "retriever"
+with = {{ model_dir = "{model}", index_dir = "{index}", reviews = false, facts = false }}
+[stages.prompt]
+use = "prompt_builder"
+"#,
+        script = script.display(),
+        model = root().join("models/all-MiniLM-L6-v2").display(),
+        index = dir.join("index").display(),
+    );
+    let path = dir.join("r.toml");
+    std::fs::write(&path, recipe).unwrap();
+    let mut registry = Registry::new();
+    registry.register(ecr_data::EntityLinkerFactory).unwrap();
+    registry.register(ecr_respond::RetrieverFactory).unwrap();
+    registry.register(ecr_respond::PromptBuilderFactory).unwrap();
+    let engine = ecr_engine::Engine::from_recipe_with(&path, &registry).unwrap();
+    assert!(!dir.join("index").exists(), "no review database for a recipe without reviews");
+    let titanic = f.res.catalogue.movies().iter().find(|m| m.title == "Titanic (1997)").unwrap();
+    let out = engine.session().turn(&format!("I loved {}", titanic.title)).unwrap();
+    let prompt = out.turn.prompt.unwrap();
+    assert!(prompt.contains("Movie Name: Titanic (1997)"), "{prompt}");
+    assert!(!prompt.contains("Related") && !prompt.contains("viewers felt"), "{prompt}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
