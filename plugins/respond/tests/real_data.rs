@@ -192,23 +192,40 @@ fn the_retriever_never_passes_another_movies_sentences_as_this_movies() {
     }
 }
 
-#[test]
-fn the_stages_run_in_an_engine_on_a_real_dialogue() {
-    let f = fixture();
-    let dir = tmp("engine");
+/// The registry of the test recipes: the linker, Lua, and this crate's stages.
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(ecr_data::EntityLinkerFactory).unwrap();
+    registry.register(ecr_respond::RetrieverFactory).unwrap();
+    registry.register(ecr_respond::PromptBuilderFactory).unwrap();
+    registry
+}
+
+/// A recipe's header, linker and stand-in candidates stage (the real Lua script).
+fn recipe_head(name: &str) -> String {
     let script = root().join("recipes/lua/mentioned_candidates.lua");
-    // A movie of the fixture with reviews, typed by title.
-    let movie = f.res.catalogue.get(retriever().db().unwrap().movies()[0].redial_ids[0]).unwrap();
-    let recipe = format!(
-        r#"
-[recipe]
-name = "respond-test"
+    format!(
+        r#"[recipe]
+name = "{name}"
 pipeline = ["link", "candidates", "retrieve", "prompt"]
 [stages.link]
 use = "entity_linker"
 [stages.candidates]
 use = "lua"
-with = {{ script = "{script}", reads = ["user.entities", "history"], writes = ["candidates"] }}
+with = {{ script = "{}", reads = ["user.entities", "history"], writes = ["candidates"] }}"#,
+        script.display()
+    )
+}
+
+#[test]
+fn the_stages_run_in_an_engine_on_a_real_dialogue() {
+    let f = fixture();
+    let dir = tmp("engine");
+    // A movie of the fixture with reviews, typed by title.
+    let movie = f.res.catalogue.get(retriever().db().unwrap().movies()[0].redial_ids[0]).unwrap();
+    let recipe = format!(
+        r#"
+{head}
 [stages.retrieve]
 use = "retriever"
 [stages.retrieve.with]
@@ -221,7 +238,7 @@ use = "prompt_builder"
 [stages.prompt.with.template]
 budget = 400
 "#,
-        script = script.display(),
+        head = recipe_head("respond-test"),
         reviews = f.reviews.display(),
         model = root().join("models/all-MiniLM-L6-v2").display(),
         cache = dir.join("emb").display(),
@@ -229,11 +246,7 @@ budget = 400
     );
     let path = dir.join("respond-test.toml");
     std::fs::write(&path, recipe).unwrap();
-    let mut registry = Registry::new();
-    registry.register(ecr_data::EntityLinkerFactory).unwrap();
-    registry.register(ecr_respond::RetrieverFactory).unwrap();
-    registry.register(ecr_respond::PromptBuilderFactory).unwrap();
-    let engine = ecr_engine::Engine::from_recipe_with(&path, &registry).unwrap();
+    let engine = ecr_engine::Engine::from_recipe_with(&path, &registry()).unwrap();
     let mut session = engine.session();
     let out = session.turn("Hi, I want a great movie for tonight").unwrap();
     assert!(out.turn.candidates.is_empty());
@@ -276,34 +289,22 @@ fn factual_consistency_on_the_real_kg() {
 fn the_no_knowledge_ablation_builds_no_database_and_prompts_without_knowledge() {
     let f = fixture();
     let dir = tmp("ablation");
-    let script = root().join("recipes/lua/mentioned_candidates.lua");
     let recipe = format!(
         r#"
-[recipe]
-name = "respond-no-knowledge"
-pipeline = ["link", "candidates", "retrieve", "prompt"]
-[stages.link]
-use = "entity_linker"
-[stages.candidates]
-use = "lua"
-with = {{ script = "{script}", reads = ["user.entities", "history"], writes = ["candidates"] }}
+{head}
 [stages.retrieve]
 use = "retriever"
 with = {{ model_dir = "{model}", index_dir = "{index}", reviews = false, facts = false }}
 [stages.prompt]
 use = "prompt_builder"
 "#,
-        script = script.display(),
+        head = recipe_head("respond-no-knowledge"),
         model = root().join("models/all-MiniLM-L6-v2").display(),
         index = dir.join("index").display(),
     );
     let path = dir.join("r.toml");
     std::fs::write(&path, recipe).unwrap();
-    let mut registry = Registry::new();
-    registry.register(ecr_data::EntityLinkerFactory).unwrap();
-    registry.register(ecr_respond::RetrieverFactory).unwrap();
-    registry.register(ecr_respond::PromptBuilderFactory).unwrap();
-    let engine = ecr_engine::Engine::from_recipe_with(&path, &registry).unwrap();
+    let engine = ecr_engine::Engine::from_recipe_with(&path, &registry()).unwrap();
     assert!(!dir.join("index").exists(), "no review database for a recipe without reviews");
     let titanic = f.res.catalogue.movies().iter().find(|m| m.title == "Titanic (1997)").unwrap();
     let out = engine.session().turn(&format!("I loved {}", titanic.title)).unwrap();
