@@ -9,6 +9,10 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "ecr", version, about, long_about = None)]
 struct Cli {
+    /// The data directory (holding redial/, kg/, reviews/, emotion/); default: $ECR_DATA_DIR, else
+    /// shared/data beside the recipe's or the working directory's ancestors.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -20,11 +24,11 @@ enum Command {
     Recipe(cli::recipe::RecipeCommand),
     /// Chat with a recipe's pipeline, one user turn per line of stdin.
     Chat(cli::chat::ChatArgs),
-    /// The main job: replay a real ReDial dialogue through a recipe (training its tagger first if needed).
+    /// The main job: replay a real ReDial dialogue through a recipe (training what it needs first).
     Demo(cli::demo::DemoArgs),
-    /// Train a recipe's trainable stage (`--stage emotion`: the emotion tagger, then label all of ReDial).
+    /// Train a recipe's trainable stages in pipeline order, skipping those that are up to date.
     Train(cli::train::TrainArgs),
-    /// Evaluate a recipe's trained stage on an annotation file.
+    /// Evaluate a recipe's trained stages on their test data.
     Eval(cli::train::EvalArgs),
     /// Throughput benchmarks.
     #[command(subcommand)]
@@ -44,6 +48,15 @@ fn main() -> ExitCode {
     }
     cli::init_tracing();
     let cli = Cli::parse();
+    if let Some(dir) = &cli.data_dir {
+        if !dir.is_dir() {
+            eprintln!("error: --data-dir {} is not a directory", dir.display());
+            return ExitCode::FAILURE;
+        }
+        // One rule for the data directory everywhere (ecr_engine::paths): the flag sets it.
+        // SAFETY: set before any thread starts.
+        unsafe { std::env::set_var(ecr::paths::DATA_DIR_ENV, dir) };
+    }
     let result = match cli.command {
         Command::Recipe(cmd) => cli::recipe::run(cmd),
         Command::Chat(args) => cli::chat::run(args),

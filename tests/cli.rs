@@ -82,3 +82,27 @@ fn a_recipe_made_only_of_lua_stages_chats_and_survives_bad_turns() {
     assert_eq!(turn["user"]["text"], "hello there");
     assert!(turn["response"].as_str().unwrap().contains("turn 1"), "{turn}");
 }
+
+#[test]
+fn chat_streams_tokens_and_survives_a_line_that_is_not_utf8() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ecr"))
+        .args(["chat", "-r", "recipes/lua-chat.toml"])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = b"I loved The Matrix!\n".to_vec();
+    input.extend_from_slice(b"caf\xe9 \xff\xfe\n");
+    input.extend_from_slice(b"thanks a lot\n");
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(t.contains("error: line 2 is not valid UTF-8"), "{t}");
+    // The streamed reply reads as one line, and the chat went on after the bad line.
+    assert!(t.contains("ecr> Glad you liked it! (turn 1, you sound like: 100%)"), "{t}");
+    assert!(t.contains("ecr> You're welcome! (turn 2, you sound grateful: 100%)"), "{t}");
+    assert!(t.contains("3 turns, 1 failed"), "{t}");
+}

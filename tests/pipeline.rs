@@ -41,9 +41,51 @@ fn trained() {
             root().join("models/all-MiniLM-L6-v2/model.safetensors").is_file(),
             "the MiniLM weights are missing: run models/fetch.sh first"
         );
-        let out = ecr(&["train", "-r", RECIPE, "--stage", "emotion", "--no-labels"], "");
+        let out = ecr(&["train", "-r", RECIPE], "");
         assert!(out.status.success(), "training failed:\n{}", text(&out));
     });
+}
+
+#[test]
+fn training_a_trained_recipe_again_returns_at_once_and_says_so() {
+    trained();
+    let start = std::time::Instant::now();
+    let out = ecr(&["train", "-r", RECIPE], "");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("stage \"emotion\": up to date"), "{t}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "took {:?}", start.elapsed());
+    // --stage names a stage by its recipe id; a stage with nothing to train is refused clearly.
+    let out = ecr(&["train", "-r", RECIPE, "--stage", "link"], "");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("has nothing to train; trainable stages of recipe \"ecr-quick\": \"emotion\""),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_checkpoint_trained_with_another_config_is_refused_naming_the_key() {
+    trained();
+    let dir = std::env::temp_dir().join(format!("ecr-pipeline-other-{}", std::process::id())).join("recipes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let quick = root().join("recipes/ecr-quick.toml");
+    let checkpoint = root().join("runs/ecr-quick/emotion");
+    std::fs::write(
+        dir.join("other.toml"),
+        format!(
+            "[recipe]\nname = \"other\"\nextends = {:?}\n[stages.emotion.with]\ncheckpoint = {:?}\n[stages.emotion.with.train]\nhidden = 64\n",
+            quick.display().to_string(),
+            checkpoint.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = ecr(&["chat", "-r", dir.join("other.toml").to_str().unwrap()], "hi\n");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("another configuration: train.hidden (512 → 64)"), "{t}");
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
 
 #[test]

@@ -45,6 +45,11 @@
 //!   the recipe so that the host makes one call at a time.
 //! - `ecr_stage_drop` frees a handle; the host calls it once, when the
 //!   engine that built the stage is dropped.
+//! - Optionally, `int32_t ecr_stage_run_cancellable(void *stage, const char
+//!   *input_json, const volatile uint8_t *cancelled, char **out_json)`: the
+//!   same as `ecr_stage_run`, with a flag that becomes non-zero when the
+//!   caller cancels the turn; a long-running library polls it and returns
+//!   early (any non-zero code). Used instead of `ecr_stage_run` when exported.
 //! - `ecr_string_free` frees a string the library stored in `err_out` or
 //!   `out_json`; the host calls it on every such string. Strings the host
 //!   passes in stay owned by the host and are valid only during the call.
@@ -71,13 +76,14 @@
 //! Handles are dropped with their stage. The host cannot stop a library that
 //! loops or crashes; only load libraries you trust, as with any native code.
 
-use crate::stage::{BoxError, BuildContext, ConfigIssue, Stage, StageFactory, StageIo};
+use crate::stage::{BoxError, BuildContext, CancelToken, ConfigIssue, Stage, StageFactory, StageIo, TurnContext};
 use crate::turn::{Field, Turn};
 use libloading::Library;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};
 
 /// The C ABI as Rust types: what a library exports and the host calls.
@@ -97,6 +103,11 @@ pub mod abi {
     pub const DROP_SYMBOL: &str = "ecr_stage_drop";
     /// `void ecr_string_free(char *s)`.
     pub const STRING_FREE_SYMBOL: &str = "ecr_string_free";
+    /// Optional: `int32_t ecr_stage_run_cancellable(void *stage, const char *input_json,
+    /// const volatile uint8_t *cancelled, char **out_json)`. Used instead of
+    /// `ecr_stage_run` when exported; `*cancelled` becomes non-zero when the
+    /// caller cancels the turn, and the library should return soon after.
+    pub const RUN_CANCELLABLE_SYMBOL: &str = "ecr_stage_run_cancellable";
 
     /// Type of `ecr_abi_version`.
     pub type AbiVersionFn = unsafe extern "C" fn() -> u32;
@@ -105,6 +116,13 @@ pub mod abi {
     /// Type of `ecr_stage_run`: 0 and `*out_json` = output; non-zero and `*out_json` = message.
     pub type RunFn =
         unsafe extern "C" fn(stage: *mut c_void, input_json: *const c_char, out_json: *mut *mut c_char) -> i32;
+    /// Type of `ecr_stage_run_cancellable`: as [`RunFn`], with the turn's cancellation flag.
+    pub type RunCancellableFn = unsafe extern "C" fn(
+        stage: *mut c_void,
+        input_json: *const c_char,
+        cancelled: *const u8,
+        out_json: *mut *mut c_char,
+    ) -> i32;
     /// Type of `ecr_stage_drop`.
     pub type DropFn = unsafe extern "C" fn(stage: *mut c_void);
     /// Type of `ecr_string_free`.
@@ -288,6 +306,7 @@ impl StageFactory for DylibFactory {
 #[derive(Clone, Copy)]
 struct Api {
     run: abi::RunFn,
+    run_cancellable: Option<abi::RunCancellableFn>,
     drop: abi::DropFn,
     free: abi::StringFreeFn,
 }
@@ -371,7 +390,10 @@ impl DylibStage {
         let free: abi::StringFreeFn = unsafe { lib.get::<abi::StringFreeFn>(abi::STRING_FREE_SYMBOL) }
             .map(|s| *s)
             .map_err(|e| symbol_err(abi::STRING_FREE_SYMBOL, e))?;
-        let api = Api { run, drop, free };
+        // SAFETY: the optional symbol's type is the ABI's; the library is never unloaded.
+        let run_cancellable: Option<abi::RunCancellableFn> =
+            unsafe { lib.get::<abi::RunCancellableFn>(abi::RUN_CANCELLABLE_SYMBOL) }.ok().map(|s| *s);
+        let api = Api { run, run_cancellable, drop, free };
 
         let create_err = |message: String| DylibStageError::Create {
             stage: stage.to_string(),
@@ -401,7 +423,7 @@ impl DylibStage {
         })
     }
 
-    fn run_turn(&self, turn: &mut Turn) -> Result<(), DylibStageError> {
+    fn run_turn(&self, turn: &mut Turn, cx: &TurnContext<'_>) -> Result<(), DylibStageError> {
         let input: serde_json::Map<String, serde_json::Value> =
             self.reads.iter().map(|f| (f.name(), f.get_json(turn))).collect();
         // serde_json escapes control characters, so the text has no NUL.
@@ -409,8 +431,19 @@ impl DylibStage {
         let mut out: *mut c_char = std::ptr::null_mut();
         let code = {
             let _one_at_a_time = self.exclusive.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
-            // SAFETY: the handle came from create and is alive; valid string and out pointer.
-            unsafe { (self.api.run)(self.handle.0, input.as_ptr(), &mut out) }
+            static NEVER: AtomicBool = AtomicBool::new(false);
+            match self.api.run_cancellable {
+                Some(run) => {
+                    let flag = cx.cancel_token().map_or(&NEVER, CancelToken::flag);
+                    // An AtomicBool has the size and layout of a u8 holding 0 or 1; the
+                    // library only reads it, and the flag outlives the call.
+                    let flag = flag as *const AtomicBool as *const u8;
+                    // SAFETY: as for `ecr_stage_run`, plus a flag pointer valid during the call.
+                    unsafe { run(self.handle.0, input.as_ptr(), flag, &mut out) }
+                }
+                // SAFETY: the handle came from create and is alive; valid string and out pointer.
+                None => unsafe { (self.api.run)(self.handle.0, input.as_ptr(), &mut out) },
+            }
         };
         // SAFETY: `out` is NULL or a string the library allocated.
         let output = unsafe { take_string(self.api, out) };
@@ -473,8 +506,8 @@ impl DylibStage {
 }
 
 impl Stage for DylibStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
-        Ok(self.run_turn(turn)?)
+    fn run(&self, turn: &mut Turn, cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
+        Ok(self.run_turn(turn, cx)?)
     }
 }
 

@@ -10,17 +10,28 @@
 pub mod dylib;
 pub mod emotion;
 pub mod engine;
+pub mod fingerprint;
 pub mod lua;
+pub mod paths;
 pub mod recipe;
 pub mod registry;
+pub mod replay;
+pub mod resources;
 pub mod stage;
+pub mod train;
 pub mod turn;
 
 pub use emotion::{Emotion, EmotionDist};
-pub use engine::{Engine, EngineError, Session, StageTiming, TurnOutput};
+pub use engine::{Engine, EngineError, Session, StageTiming, TurnOptions, TurnOutput};
+pub use fingerprint::Fingerprint;
 pub use recipe::{Diagnostic, Recipe, RecipeError, RecipeStage};
 pub use registry::Registry;
-pub use stage::{BoxError, BuildContext, ConfigIssue, Stage, StageFactory, StageIo};
+pub use resources::{ResourceKey, Resources};
+pub use stage::{
+    BoxError, BuildContext, CancelToken, ConfigIssue, Event, Interrupted, Stage, StageFactory, StageIo, TurnContext,
+    TurnEvent,
+};
+pub use train::{EvalReport, JobOptions, TrainContext, TrainReport, TrainStatus, Trainable};
 pub use turn::{
     Candidate, EntityEmotion, EntityKind, EntityMention, Fact, Feedback, Field, GlobalEntity, ItemFeedback, Passage,
     Role, Turn, Utterance,

@@ -25,6 +25,16 @@
 //! with = { script = "lua/feedback.lua", hook = "weight" }
 //! ```
 //!
+//! # Events and cancellation
+//!
+//! During `run`, the global function `emit(kind, value)` delivers an event to
+//! the caller at once (while the turn runs): `emit("token", "Hel")` and
+//! `emit("note", "...")` take a string ([`Event::Token`], [`Event::Note`]);
+//! any other kind carries any value as [`Event::Custom`] (`emit("score",
+//! {x = 1})`). The instruction hook also watches the turn's cancellation
+//! token and deadline: a script still running when the caller cancels stops
+//! within about a thousand instructions with [`LuaStageError::Interrupted`].
+//!
 //! # Sandbox
 //!
 //! Scripts see only a whitelist: the base functions `assert error ipairs next
@@ -85,7 +95,9 @@
 //! return type or an undeclared write.
 
 use crate::emotion::{Emotion, EmotionDist};
-use crate::stage::{BoxError, BuildContext, ConfigIssue, Stage, StageFactory, StageIo};
+use crate::stage::{
+    BoxError, BuildContext, CancelToken, ConfigIssue, Event, Stage, StageFactory, StageIo, TurnContext,
+};
 use crate::turn::{Feedback, Field, ItemFeedback, Turn};
 use mlua::chunk::ChunkMode;
 use mlua::{Function, HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Table, Value, VmState};
@@ -94,6 +106,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Default per-call instruction budget of a Lua stage.
 pub const DEFAULT_INSTRUCTION_BUDGET: u64 = 10_000_000;
@@ -225,6 +238,14 @@ pub enum LuaStageError {
         at: Location,
         /// Lua's message, without the location prefix.
         message: String,
+    },
+    /// The caller cancelled the turn (or its deadline passed) while the script ran.
+    #[error("stage {stage:?} ({at}): stopped: the turn was cancelled or ran past its deadline")]
+    Interrupted {
+        /// Stage id.
+        stage: String,
+        /// Script and the line it was running.
+        at: Location,
     },
     /// The script raised an error.
     #[error("stage {stage:?} ({at}): {message}")]
@@ -439,37 +460,31 @@ struct LuaRunStage {
 }
 
 impl Stage for LuaRunStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
-        Ok(self.run_turn(turn)?)
+    fn run(&self, turn: &mut Turn, cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
+        Ok(self.run_turn(turn, cx)?)
     }
 }
 
-/// Top-level keys of the turn table and the keys of `turn.user` a script may set.
-const TURN_KEYS: [&str; 11] = [
-    "history",
-    "user",
-    "local_emotions",
-    "global_entities",
-    "feedback",
-    "candidates",
-    "passages",
-    "facts",
-    "prompt",
-    "response",
-    "ext",
-];
-const USER_KEYS: [&str; 4] = ["role", "text", "entities", "emotions"];
-
 impl LuaRunStage {
-    fn run_turn(&self, turn: &mut Turn) -> Result<(), LuaStageError> {
+    fn run_turn(&self, turn: &mut Turn, cx: &mut TurnContext<'_>) -> Result<(), LuaStageError> {
         let host = &self.host;
-        let new_turn = host.call(|sandbox, env| {
+        let new_turn = host.call(StopWhen::of(cx), |sandbox, env| {
             let run = host.function(env, LuaHook::Run)?;
             let at = host.defined_at(&run);
             let options =
                 mlua::serde::SerializeOptions::new().serialize_none_to_null(false).serialize_unit_to_null(false);
             let input = sandbox.lua.to_value_with(&*turn, options)?;
-            let output = match run.call::<Value>(input.clone())? {
+            // `emit(kind, value)` delivers an event to the caller at once; it
+            // lives only during this call (a scoped function borrowing `cx`).
+            let returned = sandbox.lua.scope(|scope| {
+                let emit = scope.create_function_mut(|lua, (kind, value): (String, Value)| {
+                    cx.emit(lua_event(lua, &kind, value)?);
+                    Ok(())
+                })?;
+                env.raw_set("emit", emit)?;
+                run.call::<Value>(input.clone())
+            })?;
+            let output = match returned {
                 Value::Nil => input,
                 Value::Table(t) => Value::Table(t),
                 other => {
@@ -504,10 +519,10 @@ impl LuaRunStage {
         }
         let ext_keys: std::collections::BTreeSet<String> =
             turn.ext.keys().chain(new_turn.ext.keys()).cloned().collect();
-        let changed = Field::FIXED.into_iter().chain(ext_keys.into_iter().map(Field::Ext));
+        let changed = Field::FIXED.iter().cloned().chain(ext_keys.into_iter().map(Field::Ext));
         let mut accepted = Vec::new();
         for field in changed {
-            if field_eq(&field, turn, &new_turn) {
+            if field.same_in(turn, &new_turn) {
                 continue;
             }
             if !self.writes.contains(&field) {
@@ -516,55 +531,9 @@ impl LuaRunStage {
             accepted.push(field);
         }
         for field in accepted {
-            move_field(&field, &mut new_turn, turn);
+            field.move_value(&mut new_turn, turn);
         }
         Ok(())
-    }
-}
-
-/// Whether `field` has the same value in `a` and `b`.
-fn field_eq(field: &Field, a: &Turn, b: &Turn) -> bool {
-    match field {
-        Field::History => a.history == b.history,
-        Field::UserText => a.user.text == b.user.text,
-        Field::UserEntities => a.user.entities == b.user.entities,
-        Field::UserEmotions => a.user.emotions == b.user.emotions,
-        Field::LocalEmotions => a.local_emotions == b.local_emotions,
-        Field::GlobalEntities => a.global_entities == b.global_entities,
-        Field::Feedback => a.feedback == b.feedback,
-        Field::Candidates => a.candidates == b.candidates,
-        Field::Passages => a.passages == b.passages,
-        Field::Facts => a.facts == b.facts,
-        Field::Prompt => a.prompt == b.prompt,
-        Field::Response => a.response == b.response,
-        Field::Ext(n) => a.ext.get(n) == b.ext.get(n),
-    }
-}
-
-/// Move `field` from `from` into `to` (an absent extension value is removed).
-fn move_field(field: &Field, from: &mut Turn, to: &mut Turn) {
-    use std::mem::take;
-    match field {
-        Field::History => to.history = take(&mut from.history),
-        Field::UserText => to.user.text = take(&mut from.user.text),
-        Field::UserEntities => to.user.entities = take(&mut from.user.entities),
-        Field::UserEmotions => to.user.emotions = from.user.emotions.take(),
-        Field::LocalEmotions => to.local_emotions = take(&mut from.local_emotions),
-        Field::GlobalEntities => to.global_entities = take(&mut from.global_entities),
-        Field::Feedback => to.feedback = take(&mut from.feedback),
-        Field::Candidates => to.candidates = take(&mut from.candidates),
-        Field::Passages => to.passages = take(&mut from.passages),
-        Field::Facts => to.facts = take(&mut from.facts),
-        Field::Prompt => to.prompt = from.prompt.take(),
-        Field::Response => to.response = from.response.take(),
-        Field::Ext(n) => match from.ext.remove(n) {
-            Some(v) => {
-                to.ext.insert(n.clone(), v);
-            }
-            None => {
-                to.ext.remove(n);
-            }
-        },
     }
 }
 
@@ -598,7 +567,7 @@ impl LuaWeightFn {
             return Ok(());
         }
         let host = &self.host;
-        let weights = host.call(|sandbox, env| {
+        let weights = host.call(StopWhen::default(), |sandbox, env| {
             let weight = host.function(env, LuaHook::Weight)?;
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries.iter() {
@@ -638,10 +607,28 @@ struct LuaWeightStage {
 }
 
 impl Stage for LuaWeightStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let emotions = if self.emotions { turn.user.emotions } else { None };
         Ok(self.weight.weigh(&mut turn.feedback, emotions.as_ref())?)
     }
+}
+
+/// The event of a script's `emit(kind, value)`: `"token"` and `"note"` take
+/// a string (numbers are converted), any other kind carries any value.
+fn lua_event(lua: &Lua, kind: &str, value: Value) -> mlua::Result<Event> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Ok(s.to_str()?.to_string()),
+        Value::Integer(i) => Ok(i.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        other => {
+            Err(mlua::Error::runtime(format!("emit({kind:?}, value): expected a string, got {}", describe(other))))
+        }
+    };
+    Ok(match kind {
+        "token" => Event::Token { text: text(&value)? },
+        "note" => Event::Note { text: text(&value)? },
+        _ => Event::Custom { name: kind.to_string(), value: lua.from_value(value)? },
+    })
 }
 
 /// The name scripts see for a feedback value.
@@ -749,6 +736,28 @@ struct Meter {
     out_of_memory: AtomicBool,
     /// The script line the hook last saw (0: none).
     line: AtomicU32,
+    /// The caller interrupted the turn during this call.
+    interrupted: AtomicBool,
+    /// What interrupts this call: the turn's cancellation token and deadline.
+    stop: Mutex<StopWhen>,
+}
+
+/// When the hook stops a running call on behalf of the turn.
+#[derive(Debug, Clone, Default)]
+struct StopWhen {
+    cancel: Option<CancelToken>,
+    deadline: Option<Instant>,
+}
+
+impl StopWhen {
+    fn of(cx: &TurnContext<'_>) -> Self {
+        StopWhen { cancel: cx.cancel_token().cloned(), deadline: cx.deadline() }
+    }
+
+    fn hit(&self) -> bool {
+        self.cancel.as_ref().is_some_and(CancelToken::is_cancelled)
+            || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 impl Meter {
@@ -757,6 +766,7 @@ impl Meter {
         self.exceeded.store(false, Ordering::Relaxed);
         self.out_of_memory.store(false, Ordering::Relaxed);
         self.line.store(0, Ordering::Relaxed);
+        self.interrupted.store(false, Ordering::Relaxed);
     }
 
     fn line(&self) -> Option<u32> {
@@ -765,7 +775,9 @@ impl Meter {
 
     /// Whether the state must not be reused.
     fn spoiled(&self) -> bool {
-        self.exceeded.load(Ordering::Relaxed) || self.out_of_memory.load(Ordering::Relaxed)
+        self.exceeded.load(Ordering::Relaxed)
+            || self.out_of_memory.load(Ordering::Relaxed)
+            || self.interrupted.load(Ordering::Relaxed)
     }
 }
 
@@ -844,7 +856,7 @@ impl Sandbox {
                 if oom {
                     m.out_of_memory.store(true, Ordering::Relaxed);
                 }
-                Ok(oom || m.exceeded.load(Ordering::Relaxed))
+                Ok(oom || m.exceeded.load(Ordering::Relaxed) || m.interrupted.load(Ordering::Relaxed))
             })
             .map_err(sandbox_err)?;
         let stage = script.stage.clone();
@@ -885,6 +897,10 @@ impl Sandbox {
                 m.exceeded.store(true, Ordering::Relaxed);
                 return Err(mlua::Error::runtime("instruction budget exceeded"));
             }
+            if m.interrupted.load(Ordering::Relaxed) || m.stop.lock().unwrap_or_else(|p| p.into_inner()).hit() {
+                m.interrupted.store(true, Ordering::Relaxed);
+                return Err(mlua::Error::runtime("the turn was interrupted"));
+            }
             Ok(VmState::Continue)
         })
         .map_err(sandbox_err)?;
@@ -920,13 +936,17 @@ impl LuaHost {
         let script = Script::read(stage, path, limits)?;
         let max_idle = std::thread::available_parallelism().map_or(4, |n| n.get()) * 2;
         let host = LuaHost { script, pool: Mutex::new(Vec::new()), max_idle };
-        host.call(|_, env| host.function(env, hook).map(|_| ()))?;
+        host.call(StopWhen::default(), |_, env| host.function(env, hook).map(|_| ()))?;
         Ok(host)
     }
 
     /// Run `f` with a sandbox whose fresh environment holds the script's
     /// globals, under the budget; map every error to a [`LuaStageError`].
-    fn call<R>(&self, f: impl FnOnce(&Sandbox, &Table) -> Result<R, CallError>) -> Result<R, LuaStageError> {
+    fn call<R>(
+        &self,
+        stop: StopWhen,
+        f: impl FnOnce(&Sandbox, &Table) -> Result<R, CallError>,
+    ) -> Result<R, LuaStageError> {
         let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let sandbox = match idle {
             Some(s) => s,
@@ -934,6 +954,7 @@ impl LuaHost {
         };
         // The environment is built before the budget starts: the script pays only for itself.
         sandbox.meter.reset(u64::MAX >> 1);
+        *sandbox.meter.stop.lock().unwrap_or_else(|p| p.into_inner()) = stop;
         let result = sandbox.new_env.call::<Table>(()).map_err(CallError::from).and_then(|env| {
             sandbox.meter.reset(self.script.limits.instruction_budget);
             sandbox.chunk.call::<()>(env.clone())?;
@@ -1010,14 +1031,15 @@ impl LuaHost {
         for pair in turn.pairs::<Value, Value>() {
             let (key, value) = pair?;
             let name = key.to_string().unwrap_or_else(|_| key.type_name().to_string());
-            if !TURN_KEYS.contains(&name.as_str()) {
+            if !Field::top_level_keys().contains(&name) {
                 return Err(unknown(name));
             }
             if let (true, Value::Table(user)) = (name == "user", value) {
                 for pair in user.pairs::<Value, Value>() {
                     let (key, _) = pair?;
                     let name = key.to_string().unwrap_or_else(|_| key.type_name().to_string());
-                    if !USER_KEYS.contains(&name.as_str()) {
+                    // `role` is part of the record but no field: scripts may echo it unchanged.
+                    if name != "role" && !Field::user_keys().contains(&name) {
                         return Err(unknown(format!("user.{name}")));
                     }
                 }
@@ -1030,6 +1052,9 @@ impl LuaHost {
     fn lua_error(&self, meter: &Meter, err: &mlua::Error) -> LuaStageError {
         let stage = self.script.stage.clone();
         let limits = self.script.limits;
+        if meter.interrupted.load(Ordering::Relaxed) {
+            return LuaStageError::Interrupted { stage, at: self.script.at(meter.line()) };
+        }
         if meter.exceeded.load(Ordering::Relaxed) {
             return LuaStageError::Budget {
                 stage,

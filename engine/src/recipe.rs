@@ -159,6 +159,21 @@ impl Recipe {
         self.stages.iter().find(|s| s.id == id)
     }
 
+    /// The same recipe, its stages built over `resources` (a host that builds
+    /// several engines shares one KG, one encoder, ...).
+    pub fn with_resources(mut self, resources: &crate::resources::Resources) -> Recipe {
+        self.context = self.context.with_resources(resources.clone());
+        for s in &mut self.stages {
+            s.context = s.context.with_resources(resources.clone());
+        }
+        self
+    }
+
+    /// The recipe's run directory, `runs/<name>/` ([`crate::paths`]).
+    pub fn run_dir(&self) -> PathBuf {
+        self.context.run_dir()
+    }
+
     /// The first enabled stage that uses the factory `use_name`, with its
     /// typed config (defaults filled in). Training and evaluation commands use
     /// this to find, e.g., the `emotion_tagger` stage of a recipe.
@@ -479,7 +494,7 @@ impl<'r> Loader<'r> {
             }
             None => BTreeMap::new(),
         };
-        let context = BuildContext::new(path, "");
+        let context = BuildContext::new(path, name.clone().unwrap_or_default(), "");
         let ids: BTreeSet<&str> = pipeline.iter().map(|(id, _)| id.as_str()).collect();
         for (id, table) in &stage_tables {
             if !ids.contains(id.as_str()) {
@@ -491,6 +506,8 @@ impl<'r> Loader<'r> {
             }
         }
         let mut stages = Vec::new();
+        // Fields written before each stage: the session's, then every earlier enabled stage's.
+        let mut provided: BTreeSet<Field> = Field::GIVEN.iter().cloned().collect();
         for (id, id_node) in &pipeline {
             let Some(table) = stage_tables.get(id) else {
                 self.error_value(
@@ -500,7 +517,10 @@ impl<'r> Loader<'r> {
                 );
                 continue;
             };
-            if let Some(stage) = self.stage(id, table, &context.for_stage(id)) {
+            if let Some(stage) = self.stage(id, table, &context.for_stage(id).with_provided(provided.clone())) {
+                if stage.enabled {
+                    provided.extend(stage.io.writes.iter().cloned());
+                }
                 stages.push((stage, table.clone()));
             }
         }

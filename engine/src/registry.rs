@@ -1,6 +1,7 @@
 //! The registry of stage factories, keyed by the name recipes write in `use`.
 
 use crate::stage::{BoxError, BuildContext, ConfigIssue, Stage, StageFactory, StageIo};
+use crate::train::Trainable;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ pub trait PreparedStage: Send + Sync {
     fn resolved(&self) -> toml::Value;
     /// Build the running stage.
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError>;
+    /// The stage's trainer, if its kind learns from data.
+    fn trainer(&self, ctx: &BuildContext) -> Result<Option<Box<dyn Trainable>>, BoxError>;
 }
 
 /// A factory with its config type erased, as the registry stores it.
@@ -47,6 +50,9 @@ impl<F: StageFactory> PreparedStage for Prepared<F> {
     }
     fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
         self.factory.build(self.config.clone(), ctx)
+    }
+    fn trainer(&self, ctx: &BuildContext) -> Result<Option<Box<dyn Trainable>>, BoxError> {
+        self.factory.trainer(self.config.clone(), ctx)
     }
 }
 

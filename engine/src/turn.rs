@@ -206,75 +206,113 @@ impl Turn {
     }
 }
 
-/// A field of the [`Turn`] that a stage reads or writes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Field {
+/// Declares the [`Field`] enum and everything that must list the Turn's fields
+/// (names, JSON access, comparison, moving a value between turns) from one
+/// table, so that adding a field is one edit the compiler checks.
+macro_rules! turn_fields {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal => $($path:ident).+ ; )*) => {
+        /// A field of the [`Turn`] that a stage reads or writes.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Field {
+            $( $(#[$doc])* $variant, )*
+            /// `ext.<name>`: a plugin-defined value.
+            Ext(String),
+        }
+
+        impl Field {
+            /// Every fixed field, in record order (extension fields are open-ended).
+            pub const FIXED: &'static [Field] = &[$(Field::$variant),*];
+
+            /// The field's name as written in recipes and messages (`user.entities`, `ext.score`).
+            pub fn name(&self) -> String {
+                match self {
+                    $(Field::$variant => $name.into(),)*
+                    Field::Ext(n) => format!("ext.{n}"),
+                }
+            }
+
+            /// The JSON value of this field in `turn` (for plugins that see JSON).
+            pub fn get_json(&self, turn: &Turn) -> serde_json::Value {
+                let v = match self {
+                    $(Field::$variant => serde_json::to_value(&turn.$($path).+),)*
+                    Field::Ext(n) => Ok(turn.ext.get(n).cloned().unwrap_or(serde_json::Value::Null)),
+                };
+                v.unwrap_or(serde_json::Value::Null)
+            }
+
+            /// Set this field of `turn` from a JSON value; the error says what the
+            /// field expected.
+            pub fn set_json(&self, turn: &mut Turn, value: serde_json::Value) -> Result<(), String> {
+                fn put<T: serde::de::DeserializeOwned>(slot: &mut T, v: serde_json::Value, f: &Field) -> Result<(), String> {
+                    *slot = serde_json::from_value(v).map_err(|e| format!("field {}: {e}", f.name()))?;
+                    Ok(())
+                }
+                match self {
+                    $(Field::$variant => put(&mut turn.$($path).+, value, self),)*
+                    Field::Ext(n) => {
+                        turn.ext.insert(n.clone(), value);
+                        Ok(())
+                    }
+                }
+            }
+
+            /// Whether this field has the same value in `a` and `b`.
+            pub fn same_in(&self, a: &Turn, b: &Turn) -> bool {
+                match self {
+                    $(Field::$variant => a.$($path).+ == b.$($path).+,)*
+                    Field::Ext(n) => a.ext.get(n) == b.ext.get(n),
+                }
+            }
+
+            /// Move this field's value from `from` into `to` (an absent
+            /// extension value is removed from `to`).
+            pub fn move_value(&self, from: &mut Turn, to: &mut Turn) {
+                match self {
+                    $(Field::$variant => to.$($path).+ = std::mem::take(&mut from.$($path).+),)*
+                    Field::Ext(n) => match from.ext.remove(n) {
+                        Some(v) => {
+                            to.ext.insert(n.clone(), v);
+                        }
+                        None => {
+                            to.ext.remove(n);
+                        }
+                    },
+                }
+            }
+        }
+    };
+}
+
+turn_fields! {
     /// [`Turn::history`].
-    History,
+    History = "history" => history;
     /// `user.text`.
-    UserText,
+    UserText = "user.text" => user.text;
     /// `user.entities`.
-    UserEntities,
+    UserEntities = "user.entities" => user.entities;
     /// `user.emotions`.
-    UserEmotions,
+    UserEmotions = "user.emotions" => user.emotions;
     /// [`Turn::local_emotions`].
-    LocalEmotions,
+    LocalEmotions = "local_emotions" => local_emotions;
     /// [`Turn::global_entities`].
-    GlobalEntities,
+    GlobalEntities = "global_entities" => global_entities;
     /// [`Turn::feedback`].
-    Feedback,
+    Feedback = "feedback" => feedback;
     /// [`Turn::candidates`].
-    Candidates,
+    Candidates = "candidates" => candidates;
     /// [`Turn::passages`].
-    Passages,
+    Passages = "passages" => passages;
     /// [`Turn::facts`].
-    Facts,
+    Facts = "facts" => facts;
     /// [`Turn::prompt`].
-    Prompt,
+    Prompt = "prompt" => prompt;
     /// [`Turn::response`].
-    Response,
-    /// `ext.<name>`: a plugin-defined value.
-    Ext(String),
+    Response = "response" => response;
 }
 
 impl Field {
     /// The fields that exist before any stage runs (the session fills them).
     pub const GIVEN: [Field; 2] = [Field::History, Field::UserText];
-
-    /// Every fixed field, in record order (extension fields are open-ended).
-    pub const FIXED: [Field; 12] = [
-        Field::History,
-        Field::UserText,
-        Field::UserEntities,
-        Field::UserEmotions,
-        Field::LocalEmotions,
-        Field::GlobalEntities,
-        Field::Feedback,
-        Field::Candidates,
-        Field::Passages,
-        Field::Facts,
-        Field::Prompt,
-        Field::Response,
-    ];
-
-    /// The field's name as written in recipes and messages (`user.entities`, `ext.score`).
-    pub fn name(&self) -> String {
-        match self {
-            Field::History => "history".into(),
-            Field::UserText => "user.text".into(),
-            Field::UserEntities => "user.entities".into(),
-            Field::UserEmotions => "user.emotions".into(),
-            Field::LocalEmotions => "local_emotions".into(),
-            Field::GlobalEntities => "global_entities".into(),
-            Field::Feedback => "feedback".into(),
-            Field::Candidates => "candidates".into(),
-            Field::Passages => "passages".into(),
-            Field::Facts => "facts".into(),
-            Field::Prompt => "prompt".into(),
-            Field::Response => "response".into(),
-            Field::Ext(n) => format!("ext.{n}"),
-        }
-    }
 
     /// Parse a field name as written in recipes (`user.entities`, `ext.score`, ...).
     pub fn parse(s: &str) -> Result<Field, String> {
@@ -290,52 +328,29 @@ impl Field {
         })
     }
 
-    /// The JSON value of this field in `turn` (for plugins that see JSON).
-    pub fn get_json(&self, turn: &Turn) -> serde_json::Value {
-        use serde_json::to_value as v;
-        match self {
-            Field::History => v(&turn.history),
-            Field::UserText => v(&turn.user.text),
-            Field::UserEntities => v(&turn.user.entities),
-            Field::UserEmotions => v(turn.user.emotions),
-            Field::LocalEmotions => v(&turn.local_emotions),
-            Field::GlobalEntities => v(&turn.global_entities),
-            Field::Feedback => v(&turn.feedback),
-            Field::Candidates => v(&turn.candidates),
-            Field::Passages => v(&turn.passages),
-            Field::Facts => v(&turn.facts),
-            Field::Prompt => v(&turn.prompt),
-            Field::Response => v(&turn.response),
-            Field::Ext(n) => Ok(turn.ext.get(n).cloned().unwrap_or(serde_json::Value::Null)),
-        }
-        .unwrap_or(serde_json::Value::Null)
+    /// The keys a turn table may have at its top level (as plugins that see the
+    /// whole turn write it): the first segment of every field name, and `ext`.
+    pub fn top_level_keys() -> &'static [String] {
+        static KEYS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            let mut keys: Vec<String> = Vec::new();
+            for f in Field::FIXED.iter().chain([&Field::Ext(String::new())]) {
+                let name = f.name();
+                let top = name.split('.').next().unwrap_or_default().to_string();
+                if !keys.contains(&top) {
+                    keys.push(top);
+                }
+            }
+            keys
+        });
+        &KEYS
     }
 
-    /// Set this field of `turn` from a JSON value; the error says what the
-    /// field expected.
-    pub fn set_json(&self, turn: &mut Turn, value: serde_json::Value) -> Result<(), String> {
-        fn put<T: serde::de::DeserializeOwned>(slot: &mut T, v: serde_json::Value, f: &Field) -> Result<(), String> {
-            *slot = serde_json::from_value(v).map_err(|e| format!("field {}: {e}", f.name()))?;
-            Ok(())
-        }
-        match self {
-            Field::History => put(&mut turn.history, value, self),
-            Field::UserText => put(&mut turn.user.text, value, self),
-            Field::UserEntities => put(&mut turn.user.entities, value, self),
-            Field::UserEmotions => put(&mut turn.user.emotions, value, self),
-            Field::LocalEmotions => put(&mut turn.local_emotions, value, self),
-            Field::GlobalEntities => put(&mut turn.global_entities, value, self),
-            Field::Feedback => put(&mut turn.feedback, value, self),
-            Field::Candidates => put(&mut turn.candidates, value, self),
-            Field::Passages => put(&mut turn.passages, value, self),
-            Field::Facts => put(&mut turn.facts, value, self),
-            Field::Prompt => put(&mut turn.prompt, value, self),
-            Field::Response => put(&mut turn.response, value, self),
-            Field::Ext(n) => {
-                turn.ext.insert(n.clone(), value);
-                Ok(())
-            }
-        }
+    /// The keys of `user` that fields name (`text`, `entities`, ...).
+    pub fn user_keys() -> &'static [String] {
+        static KEYS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            Field::FIXED.iter().filter_map(|f| f.name().strip_prefix("user.").map(str::to_string)).collect()
+        });
+        &KEYS
     }
 }
 
@@ -365,11 +380,50 @@ mod tests {
     #[test]
     fn field_names_round_trip() {
         for f in Field::FIXED {
-            assert_eq!(Field::parse(&f.name()).unwrap(), f);
+            assert_eq!(&Field::parse(&f.name()).unwrap(), f);
         }
         assert_eq!(Field::parse("ext.score").unwrap(), Field::Ext("score".into()));
         assert!(Field::parse("user.mood").unwrap_err().contains("user.entities"));
         assert!(Field::parse("ext.").is_err());
+    }
+
+    #[test]
+    fn key_lists_derive_from_the_field_table() {
+        let top: Vec<&str> = Field::top_level_keys().iter().map(String::as_str).collect();
+        assert_eq!(
+            top,
+            [
+                "history",
+                "user",
+                "local_emotions",
+                "global_entities",
+                "feedback",
+                "candidates",
+                "passages",
+                "facts",
+                "prompt",
+                "response",
+                "ext"
+            ]
+        );
+        let user: Vec<&str> = Field::user_keys().iter().map(String::as_str).collect();
+        assert_eq!(user, ["text", "entities", "emotions"]);
+    }
+
+    #[test]
+    fn move_and_compare_cover_every_field() {
+        let mut a = Turn::new(vec![Utterance::new(Role::Recommender, "hi")], "x");
+        a.prompt = Some("p".into());
+        a.candidates.push(Candidate { item: 1, name: "A".into(), score: 0.5 });
+        let mut b = Turn::default();
+        for f in Field::FIXED {
+            let before = f.same_in(&a, &b);
+            let mut from = a.clone();
+            f.move_value(&mut from, &mut b);
+            assert!(f.same_in(&a, &b), "{f} moved");
+            assert!(before || !f.same_in(&from, &a), "{f} taken out of the source");
+        }
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -200,7 +200,7 @@ fn measure_stage_overhead() {
     use ecr_engine::dylib::DylibFactory;
     use ecr_engine::lua::LuaFactory;
     use ecr_engine::{BuildContext, Feedback, ItemFeedback, Stage, StageFactory, Turn, Utterance};
-    let ctx = BuildContext::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recipe.toml"), "m");
+    let ctx = BuildContext::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recipe.toml"), "test", "m");
     let lua = |with: &str| LuaFactory.build(toml::from_str(with).unwrap(), &ctx).unwrap();
     let feedback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/lua/feedback.lua").display().to_string();
     let cues = plugins::plugins().cues.display().to_string();
@@ -239,7 +239,7 @@ fn measure_stage_overhead() {
                 turn.feedback =
                     (0..10).map(|item| ItemFeedback { item, feedback: Feedback::Liked, weight: None }).collect();
                 let t0 = Instant::now();
-                stage.run(&mut turn).unwrap();
+                stage.run_detached(&mut turn).unwrap();
                 if i >= 200 {
                     total += t0.elapsed();
                 }
@@ -255,7 +255,7 @@ fn measure_stage_overhead() {
     ] {
         let stage = lua(&with);
         let t0 = Instant::now();
-        let err = stage.run(&mut Turn::new(vec![], "hi")).unwrap_err();
+        let err = stage.run_detached(&mut Turn::new(vec![], "hi")).unwrap_err();
         println!("{name}: failed after {:.1?} ({err})", t0.elapsed());
     }
 

@@ -17,7 +17,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn ctx() -> BuildContext {
-    BuildContext::new(fixtures().join("recipe.toml"), "plug")
+    BuildContext::new(fixtures().join("recipe.toml"), "test", "plug")
 }
 
 /// A config for `library` with the rest of the `with` table in TOML.
@@ -49,7 +49,7 @@ fn build_error(library: &Path, rest: &str) -> DylibStageError {
 fn faulty_run(mode: &str, writes: &str) -> (DylibStageError, Turn) {
     let s = stage(&plugins().faulty, &format!("writes = {writes}\nconfig = {{ mode = {mode:?} }}"));
     let mut turn = Turn::new(vec![], "hi");
-    let err = dylib_error(s.run(&mut turn).expect_err("the turn should fail"));
+    let err = dylib_error(s.run_detached(&mut turn).expect_err("the turn should fail"));
     (err, turn)
 }
 
@@ -67,7 +67,7 @@ writes = ["ext.cues"]"#;
 fn the_example_plugin_computes_cues() {
     let s = stage(&plugins().cues, CUES_IO);
     let mut turn = Turn::new(vec![], "Any good horror movies? I loved Alien, thanks!");
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     let cues = &turn.ext["cues"];
     assert_eq!(cues["words"], json!(8));
     assert_eq!(cues["question"], json!(true));
@@ -82,7 +82,7 @@ fn the_example_plugin_computes_cues() {
 fn the_config_table_reaches_create_and_paths_resolve_against_the_recipe() {
     let cues = &plugins().cues;
     let dir = cues.parent().unwrap();
-    let ctx = BuildContext::new(dir.join("recipe.toml"), "plug");
+    let ctx = BuildContext::new(dir.join("recipe.toml"), "test", "plug");
     let file = cues.file_name().unwrap().to_str().unwrap();
     let cfg: DylibConfig = toml::from_str(&format!(
         r#"library = "{file}"
@@ -96,7 +96,7 @@ fn the_config_table_reaches_create_and_paths_resolve_against_the_recipe() {
     assert_eq!(DylibFactory.io(&cfg).writes, vec![Field::Ext("mood".into())]);
     let s = DylibFactory.build(cfg, &ctx).unwrap();
     let mut turn = Turn::new(vec![], "meh");
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     assert_eq!(turn.ext["mood"]["emotion_prior"]["negative"], json!(1.0));
 }
 
@@ -116,7 +116,7 @@ fn an_undeclared_write_is_refused() {
     let lib = &plugins().cues;
     let s = stage(lib, "reads = [\"user.text\"]\nwrites = [\"ext.other\"]");
     let mut turn = Turn::new(vec![], "I loved it");
-    let err = dylib_error(s.run(&mut turn).unwrap_err());
+    let err = dylib_error(s.run_detached(&mut turn).unwrap_err());
     let DylibStageError::UndeclaredWrite { field, .. } = &err else { panic!("expected an undeclared write: {err}") };
     assert_eq!(field, &Field::Ext("cues".into()));
     assert_names(&err, lib);
@@ -206,7 +206,7 @@ fn run_errors_and_caught_panics_are_reported_and_the_stage_goes_on() {
 
     let s = stage(&plugins().faulty, "writes = []\nconfig = { mode = \"panic\" }");
     for _ in 0..2 {
-        let err = dylib_error(s.run(&mut Turn::new(vec![], "hi")).unwrap_err());
+        let err = dylib_error(s.run_detached(&mut Turn::new(vec![], "hi")).unwrap_err());
         assert!(matches!(err, DylibStageError::Run { code: 101, .. }), "{err}");
         assert!(err.to_string().contains("panicked on purpose"), "{err}");
     }
@@ -219,7 +219,7 @@ fn stages_of_one_library_are_independent_and_drop_cleanly() {
     let b = stage(&plugins().cues, "reads = [\"user.text\"]\nwrites = [\"ext.b\"]\nconfig = { field = \"ext.b\" }");
     drop(a);
     let mut turn = Turn::new(vec![], "wow");
-    b.run(&mut turn).unwrap();
+    b.run_detached(&mut turn).unwrap();
     assert_eq!(turn.ext["b"]["emotion_prior"]["surprise"], json!(1.0));
 }
 
@@ -228,4 +228,31 @@ fn config_is_strict() {
     let err = toml::from_str::<DylibConfig>("library = \"x.so\"\nlibrary_path = \"y\"").unwrap_err();
     assert!(err.to_string().contains("unknown field `library_path`"), "{err}");
     assert!(Registry::new().list().any(|(name, _)| name == "dylib"));
+}
+
+#[test]
+fn a_cancellable_library_sees_the_turn_being_cancelled() {
+    let s = stage(
+        &plugins().faulty,
+        r#"writes = ["ext.faulty"]
+config = { mode = "wait_cancel" }"#,
+    );
+    let cancel = ecr_engine::CancelToken::new();
+    let remote = cancel.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        remote.cancel();
+    });
+    let start = std::time::Instant::now();
+    let mut turn = Turn::new(vec![], "wait");
+    let mut cx = ecr_engine::TurnContext::new("plug", None, Some(&cancel), None);
+    let err = dylib_error(s.run(&mut turn, &mut cx).unwrap_err());
+    t.join().unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(matches!(&err, DylibStageError::Run { code: 4, message, .. } if message.contains("cancelled")), "{err}");
+    // The other modes behave as through ecr_stage_run.
+    let ok = stage(&plugins().faulty, r#"writes = ["ext.faulty"]"#);
+    let mut turn = Turn::new(vec![], "x");
+    ok.run(&mut turn, &mut ecr_engine::TurnContext::new("plug", None, Some(&cancel), None)).unwrap();
+    assert_eq!(turn.ext["faulty"], serde_json::json!("ok"));
 }

@@ -25,7 +25,7 @@ fn recipes() -> PathBuf {
 
 /// A context as for a recipe in `tests/fixtures/`, stage id "probe".
 fn ctx() -> BuildContext {
-    BuildContext::new(fixtures().join("recipe.toml"), "probe")
+    BuildContext::new(fixtures().join("recipe.toml"), "test", "probe")
 }
 
 fn config(with: &str) -> LuaConfig {
@@ -43,7 +43,7 @@ fn stage(with: &str) -> Box<dyn Stage> {
 /// Run the stage on a turn for `text`; return the Lua error it failed with.
 fn fail(stage: &dyn Stage, text: &str) -> LuaStageError {
     let mut turn = Turn::new(vec![], text);
-    let err = stage.run(&mut turn).expect_err("the turn should fail");
+    let err = stage.run_detached(&mut turn).expect_err("the turn should fail");
     into_lua_error(err)
 }
 
@@ -69,7 +69,7 @@ fn run_changes_declared_fields() {
         writes = ["ext.words", "ext.question"]"#,
     );
     let mut turn = Turn::new(vec![], "Any good horror movies from the 80s?");
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     assert_eq!(turn.ext["words"], json!(7));
     assert_eq!(turn.ext["question"], json!(true));
     assert_eq!(turn.user.text, "Any good horror movies from the 80s?");
@@ -82,7 +82,7 @@ fn run_may_return_a_new_turn_table() {
         writes = ["response"]"#,
     );
     let mut turn = Turn::new(vec![], "hello");
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     assert_eq!(turn.response.as_deref(), Some("you said: hello"));
 }
 
@@ -114,7 +114,7 @@ fn errors_raised_by_the_script_and_by_libraries_carry_their_line() {
     assert!(err.to_string().contains("bad argument #1 to 'rep'"), "{err}");
 
     // The stage is still usable.
-    s.run(&mut Turn::new(vec![], "fine")).unwrap();
+    s.run_detached(&mut Turn::new(vec![], "fine")).unwrap();
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn one_huge_string_hits_the_memory_cap_and_endless_recursion_overflows_the_stack
     assert!(matches!(err, LuaStageError::Runtime { .. }), "{err}");
     assert_located(&err, "edge.lua", 2);
     assert!(err.to_string().contains("stack overflow"), "{err}");
-    s.run(&mut Turn::new(vec![], "fine")).unwrap();
+    s.run_detached(&mut Turn::new(vec![], "fine")).unwrap();
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn undeclared_write_is_refused_and_names_the_field() {
         writes = ["ext.words"]"#,
     );
     let mut turn = Turn::new(vec![], "hi");
-    let err = into_lua_error(s.run(&mut turn).unwrap_err());
+    let err = into_lua_error(s.run_detached(&mut turn).unwrap_err());
     let LuaStageError::UndeclaredWrite { field, .. } = &err else { panic!("expected an undeclared write: {err}") };
     assert_eq!(field, &Field::Response);
     assert_located(&err, "undeclared.lua", 2);
@@ -308,7 +308,7 @@ fn the_sandbox_offers_only_safe_libraries() {
         writes = ["ext.globals"]"#,
     );
     let mut turn = Turn::new(vec![], "hi");
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     let seen = &turn.ext["globals"];
     for absent in [
         "io",
@@ -343,7 +343,7 @@ fn globals_and_library_changes_do_not_survive_a_call() {
     );
     for _ in 0..3 {
         let mut turn = Turn::new(vec![], "hi");
-        s.run(&mut turn).unwrap();
+        s.run_detached(&mut turn).unwrap();
         assert_eq!(turn.ext["counter"], json!(1), "{:?}", turn.ext);
         assert_eq!(turn.ext["calls"], json!(1), "{:?}", turn.ext);
         assert_eq!(turn.ext["upper_ok"], json!(true), "{:?}", turn.ext);
@@ -368,7 +368,7 @@ fn readme_feedback_mapping() {
     assert_eq!(f.weight(7, Feedback::NotSaid, None).unwrap(), 0.5);
 
     // As a stage: every feedback entry gets its weight.
-    let ctx = BuildContext::new(recipes().join("ecr.toml"), "feedback");
+    let ctx = BuildContext::new(recipes().join("ecr.toml"), "ecr", "feedback");
     let cfg = config(
         r#"script = "lua/feedback.lua"
         hook = "weight""#,
@@ -384,14 +384,14 @@ fn readme_feedback_mapping() {
         ItemFeedback { item: 2, feedback: Feedback::NotSaid, weight: None },
         ItemFeedback { item: 3, feedback: Feedback::Disliked, weight: None },
     ];
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     let weights: Vec<Option<f32>> = turn.feedback.iter().map(|f| f.weight).collect();
     assert_eq!(weights, vec![Some(2.0), Some(0.5), Some(1.0)]);
 }
 
 #[test]
 fn a_weight_stage_may_leave_the_emotions_out() {
-    let ctx = BuildContext::new(recipes().join("ecr.toml"), "feedback");
+    let ctx = BuildContext::new(recipes().join("ecr.toml"), "ecr", "feedback");
     let cfg = config(
         r#"script = "lua/emotion_weight.lua"
         hook = "weight"
@@ -403,7 +403,7 @@ fn a_weight_stage_may_leave_the_emotions_out() {
     let mut turn = Turn::new(vec![], "hi");
     turn.user.emotions = Some(EmotionDist::one_hot(Emotion::Curious));
     turn.feedback = vec![ItemFeedback { item: 1, feedback: Feedback::NotSaid, weight: None }];
-    s.run(&mut turn).unwrap();
+    s.run_detached(&mut turn).unwrap();
     // The emotions were not passed: the script fell back to the feedback table.
     assert_eq!(turn.feedback[0].weight, Some(0.5));
 }

@@ -2,7 +2,7 @@
 
 use ecr_engine::{
     BoxError, BuildContext, ConfigIssue, Engine, EngineError, Field, Recipe, Registry, Stage, StageFactory, StageIo,
-    Turn,
+    Turn, TurnContext,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ struct TaggerConfig {
 }
 struct TaggerStage(f32);
 impl Stage for TaggerStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let min = (self.0 * 10.0) as usize;
         let tags: Vec<&str> = turn.user.text.split_whitespace().filter(|w| w.len() > min).collect();
         turn.ext.insert("tags".into(), serde_json::json!(tags));
@@ -59,7 +59,7 @@ struct CounterConfig {
 }
 struct CounterStage(String);
 impl Stage for CounterStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         if turn.user.text.contains("boom") {
             return Err("boom was said".into());
         }

@@ -30,6 +30,13 @@ void *ecr_stage_create(const char *config_json, char **err_out);
  * recipe sets `exclusive = true`. */
 int32_t ecr_stage_run(void *stage, const char *input_json, char **out_json);
 
+/* Optional: ecr_stage_run with the turn's cancellation flag. When exported, the
+ * host calls it instead of ecr_stage_run; *cancelled becomes non-zero when the
+ * caller cancels the turn, and a long-running stage should then return soon
+ * (any non-zero code). */
+int32_t ecr_stage_run_cancellable(void *stage, const char *input_json,
+                                  const volatile uint8_t *cancelled, char **out_json);
+
 /* Free a handle made by ecr_stage_create (called once). */
 void ecr_stage_drop(void *stage);
 

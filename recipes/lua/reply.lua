@@ -26,4 +26,10 @@ function run(turn)
   end
   local turns = math.floor(#turn.history / 2) + 1
   turn.response = string.format("%s (turn %d, you sound %s: %.0f%%)", OPENERS[best] or "I see.", turns, best, p * 100)
+  -- Stream the reply word by word, as a generator would (`ecr chat` prints tokens as they arrive).
+  local first = true
+  for word in turn.response:gmatch("%S+") do
+    emit("token", (first and "" or " ") .. word)
+    first = false
+  end
 end

@@ -1,7 +1,7 @@
 //! `ecr chat`: run any recipe turn by turn on stdin.
 
 use clap::Args;
-use ecr::{Engine, TurnOutput};
+use ecr::{Engine, Event, TurnOptions, TurnOutput};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,29 +41,60 @@ pub fn run(args: ChatArgs) -> anyhow::Result<ExitCode> {
             engine.recipe().name()
         );
     }
-    let mut lines = std::io::stdin().lock().lines();
+    let mut stdin = std::io::stdin().lock();
+    let mut raw = Vec::new();
     loop {
         if interactive {
             eprint!("you> ");
             std::io::stderr().flush()?;
         }
-        let Some(line) = lines.next() else { break };
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+        raw.clear();
+        if stdin.read_until(b'\n', &mut raw)? == 0 {
+            break;
         }
         turns += 1;
+        // A bad line gets a message and the chat goes on.
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l.trim_end_matches(['\n', '\r']).to_string(),
+            Err(e) => {
+                failures += 1;
+                writeln!(stdout.lock(), "error: line {turns} is not valid UTF-8 ({e}): skipped; the chat goes on")?;
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            turns -= 1;
+            continue;
+        }
         let mut out = stdout.lock();
-        match session.turn(&line) {
+        if !interactive && !args.json {
+            writeln!(out, "you> {line}")?;
+        }
+        // Generated text is printed as it arrives; the rest after the turn.
+        let mut streamed = false;
+        let result = session.turn_with(&line, &TurnOptions::default(), |e| {
+            if args.json {
+                return;
+            }
+            if let Event::Token { text } = &e.event {
+                if !streamed {
+                    let _ = write!(out, "ecr> ");
+                    streamed = true;
+                }
+                let _ = write!(out, "{text}");
+                let _ = out.flush();
+            }
+        });
+        if streamed {
+            writeln!(out)?;
+        }
+        match result {
             Ok(o) if args.json => writeln!(out, "{}", serde_json::to_string(&o.turn)?)?,
             Ok(o) => {
-                if !interactive {
-                    writeln!(out, "you> {line}")?;
-                }
                 if args.explain {
                     write!(out, "{}", explain(&o))?;
                 }
-                if let Some(r) = o.response() {
+                if let (Some(r), false) = (o.response(), streamed) {
                     writeln!(out, "ecr> {r}")?;
                 }
             }

@@ -40,9 +40,6 @@ impl PrepareArgs {
 pub enum DataCommand {
     /// Prepare train/valid/test from the raw data and print their statistics.
     Stats {
-        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         #[command(flatten)]
         prep: PrepareArgs,
         /// Print JSON instead of a table.
@@ -51,9 +48,6 @@ pub enum DataCommand {
     },
     /// Compare our entity linking of the test split with UniCRS's (precision, recall, F1).
     LinkingReport {
-        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// How many of the most frequent disagreements to list.
         #[arg(long, default_value_t = 15)]
         top: usize,
@@ -64,9 +58,6 @@ pub enum DataCommand {
     /// Write the prepared data as JSON for inspection: `instances_<split>.jsonl`,
     /// `dialogues_<split>.jsonl` and `cooccurrence.json` under `--out`.
     Export {
-        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         #[command(flatten)]
         prep: PrepareArgs,
         /// Output directory (created if missing).
@@ -75,21 +66,15 @@ pub enum DataCommand {
     },
     /// Time the entity linker on every message of the test split.
     BenchLinker {
-        /// Data directory (default: $ECR_DATA_DIR, else ../shared/data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// Passes over the messages.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
 }
 
-fn dir(opt: Option<PathBuf>) -> Result<PathBuf> {
-    match opt {
-        Some(d) if d.is_dir() => Ok(d),
-        Some(d) => anyhow::bail!("--data-dir {} is not a directory", d.display()),
-        None => Ok(ecr_data::data_dir()?),
-    }
+/// The data directory: the one rule (`--data-dir` sets `$ECR_DATA_DIR`).
+fn dir() -> Result<PathBuf> {
+    Ok(ecr_data::data_dir()?)
 }
 
 fn load_resources(dir: &Path) -> Result<(Resources, f64)> {
@@ -102,10 +87,10 @@ fn load_resources(dir: &Path) -> Result<(Resources, f64)> {
 /// Run one `ecr data` subcommand.
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
-        DataCommand::Stats { data_dir, prep, json } => stats(&dir(data_dir)?, &prep, json),
-        DataCommand::LinkingReport { data_dir, top, json } => linking(&dir(data_dir)?, top, json),
-        DataCommand::BenchLinker { data_dir, rounds } => bench(&dir(data_dir)?, rounds),
-        DataCommand::Export { data_dir, prep, out } => export(&dir(data_dir)?, &prep, &out),
+        DataCommand::Stats { prep, json } => stats(&dir()?, &prep, json),
+        DataCommand::LinkingReport { top, json } => linking(&dir()?, top, json),
+        DataCommand::BenchLinker { rounds } => bench(&dir()?, rounds),
+        DataCommand::Export { prep, out } => export(&dir()?, &prep, &out),
     }
 }
 

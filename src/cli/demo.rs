@@ -1,23 +1,27 @@
-//! `ecr demo`: the main job. Trains the emotion tagger once if the recipe has
-//! one that is not trained yet, then replays a real ReDial test dialogue
-//! through the recipe's pipeline, showing what the engine reads at each turn.
+//! `ecr demo`: the main job. Trains what the recipe needs and is not trained
+//! yet (through the same contract as `ecr train`), then replays a real ReDial
+//! test dialogue through the recipe's pipeline, showing what the engine reads
+//! at each turn.
 
 use crate::cli::chat::explain;
-use crate::cli::train::{TrainArgs, TrainStage, train};
 use clap::Args;
 use ecr::data::{Conversation, load_conversations};
 use ecr::lua::{LuaLimits, LuaWeightFn};
-use ecr::neural::EmotionTaggerConfig;
-use ecr::neural::tagger::checkpoint_files;
-use ecr::{Engine, Feedback, Recipe, Role, Utterance};
+use ecr::train::{JobOptions, TrainOptions, recipe_status, train_recipe};
+use ecr::{Engine, Feedback, Recipe, Role};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The recipe the demo starts from: quick to train on 2 cores.
+pub const QUICK_RECIPE: &str = "recipes/ecr-quick.toml";
+/// The full recipe, trained by `ecr train -r recipes/ecr.toml`.
+pub const FULL_RECIPE: &str = "recipes/ecr.toml";
 
 /// Options of `ecr demo`.
 #[derive(Args)]
 pub struct DemoArgs {
     /// The recipe to run.
-    #[arg(short, long, default_value = "recipes/ecr.toml")]
+    #[arg(short, long, default_value = QUICK_RECIPE)]
     pub recipe: PathBuf,
     /// The ReDial test conversation to replay (`conversationId`); default: the
     /// first one with at least 10 messages and both liked and disliked movies.
@@ -30,7 +34,7 @@ pub struct DemoArgs {
 
 /// Run the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    ensure_tagger(&args.recipe)?;
+    ensure_trained(&args.recipe)?;
     let engine = Engine::from_recipe(&args.recipe)?;
     let test = ecr::data::data_dir()?.join("redial/test.jsonl");
     let conversations = load_conversations(&test)?;
@@ -45,40 +49,50 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     println!("Seeker turns go through the pipeline; the recommender's real replies join the history.\n");
     let mut session = engine.session();
-    for (role, text) in turns(conv) {
-        let shown = write_out(conv, &text);
-        match role {
+    let (script, _) = ecr::data::replay::script(conv);
+    for u in script {
+        let shown = write_out(conv, &u.text);
+        match u.role {
             Role::Seeker => {
                 println!("seeker> {shown}");
-                match session.turn(&text) {
+                match session.turn(&u.text) {
                     Ok(out) => print!("{}", explain(&out)),
                     Err(e) => println!("   error: {e}"),
                 }
             }
             Role::Recommender => {
                 println!("recommender (ReDial)> {shown}");
-                session.push(Utterance::new(Role::Recommender, text));
+                session.push(u);
             }
         }
     }
     feedback_summary(conv, &args.mapping)?;
+    if args.recipe == Path::new(QUICK_RECIPE) {
+        println!(
+            "\nThis was {QUICK_RECIPE}, whose stages train in minutes. The full recipe (fine-tuned tagger): \
+             `cargo run --release -- train -r {FULL_RECIPE}`, then `cargo run --release -- demo -r {FULL_RECIPE}`."
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Train the recipe's emotion tagger if it has one and its checkpoint is missing.
-fn ensure_tagger(recipe_path: &Path) -> anyhow::Result<()> {
+/// Train the recipe's trainable stages that are missing or out of date.
+fn ensure_trained(recipe_path: &Path) -> anyhow::Result<()> {
     let recipe = Recipe::load(recipe_path, &ecr::registry())?;
-    let Some((id, config)) = recipe.stage_config::<EmotionTaggerConfig>("emotion_tagger")? else { return Ok(()) };
-    let context = recipe.stage(&id).map_or(recipe.context(), |s| s.context());
-    let checkpoint = context.resolve(&config.checkpoint);
-    if checkpoint_files(&checkpoint).iter().all(|p| p.is_file()) {
+    let pending: Vec<String> = recipe_status(&recipe)?
+        .into_iter()
+        .filter(|(_, s)| s.needs_training())
+        .map(|(id, s)| format!("{id}: {s}"))
+        .collect();
+    if pending.is_empty() {
         return Ok(());
     }
-    eprintln!(
-        "The emotion tagger of stage {id:?} is not trained yet ({}): training it now, once.",
-        checkpoint.display()
-    );
-    train(TrainArgs { recipe: recipe_path.to_path_buf(), stage: TrainStage::Emotion, no_labels: true })
+    eprintln!("Training what recipe {:?} needs first, once ({}).", recipe.name(), pending.join("; "));
+    let options = TrainOptions { job: JobOptions { progress: true, ..Default::default() }, ..Default::default() };
+    for outcome in train_recipe(&recipe, &options)? {
+        eprintln!("{outcome}");
+    }
+    Ok(())
 }
 
 /// The requested conversation, or the first long one with mixed feedback.
@@ -92,38 +106,9 @@ fn pick<'a>(conversations: &'a [Conversation], id: Option<&str>) -> Option<&'a C
     }
 }
 
-/// Consecutive messages of one sender merged into one turn (raw text, `@<id>` kept).
-fn turns(conv: &Conversation) -> Vec<(Role, String)> {
-    let mut out: Vec<(Role, String)> = Vec::new();
-    for m in &conv.messages {
-        let role = conv.role_of(m.sender).unwrap_or(Role::Recommender);
-        match out.last_mut() {
-            Some((r, text)) if *r == role => {
-                text.push(' ');
-                text.push_str(&m.text);
-            }
-            _ => out.push((role, m.text.clone())),
-        }
-    }
-    out
-}
-
 /// `text` with `@<id>` written out as the conversation's movie titles, for display.
 fn write_out(conv: &Conversation, text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('@') {
-        out.push_str(&rest[..at]);
-        let digits: String = rest[at + 1..].chars().take_while(char::is_ascii_digit).collect();
-        let title = digits.parse::<u32>().ok().and_then(|id| conv.movie_mentions.get(&id).cloned().flatten());
-        match title {
-            Some(t) => out.push_str(&t),
-            None => out.push_str(&rest[at..at + 1 + digits.len()]),
-        }
-        rest = &rest[at + 1 + digits.len()..];
-    }
-    out.push_str(rest);
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    ecr::data::linker::write_out_movies(text, |id| conv.movie_mentions.get(&id).and_then(|t| t.as_deref()))
 }
 
 /// The seeker's questionnaire answers and the weight m(f) the mapping gives them.

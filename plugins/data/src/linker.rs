@@ -305,36 +305,46 @@ impl Linker {
     /// `text` with every `@<id>` of a catalogue movie replaced by its title
     /// (ReDial's written-out form), whitespace collapsed.
     pub fn write_out_movies(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len() + 16);
-        let mut last = 0;
-        for m in self.link_at_mentions(text) {
-            let (s, e) = m.1;
-            out.push_str(&text[last..s]);
-            out.push_str(self.movie_title(m.0).unwrap_or_default());
-            last = e;
-        }
-        out.push_str(&text[last..]);
-        crate::text::collapse_ws(&out)
+        write_out_movies(text, |id| self.movie_title(id))
     }
 
     /// The `@<id>` mentions of catalogue movies in `text`: `(movie id, span)`.
     pub fn link_at_mentions(&self, text: &str) -> Vec<(u32, (usize, usize))> {
-        let bytes = text.as_bytes();
-        let mut out = Vec::new();
-        let mut i = 0;
-        while let Some(off) = text[i..].find('@') {
-            let at = i + off;
-            let end = at + 1 + bytes[at + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
-            if end > at + 1
-                && let Ok(id) = text[at + 1..end].parse::<u32>()
-                && self.movie_title.contains_key(&id)
-            {
-                out.push((id, (at, end)));
-            }
-            i = end.max(at + 1);
-        }
-        out
+        at_mentions(text, |id| self.movie_title.contains_key(&id))
     }
+}
+
+/// The `@<id>` mentions in `text` whose id `known` accepts: `(movie id, span)`.
+pub fn at_mentions(text: &str, known: impl Fn(u32) -> bool) -> Vec<(u32, (usize, usize))> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = text[i..].find('@') {
+        let at = i + off;
+        let end = at + 1 + bytes[at + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if end > at + 1
+            && let Ok(id) = text[at + 1..end].parse::<u32>()
+            && known(id)
+        {
+            out.push((id, (at, end)));
+        }
+        i = end.max(at + 1);
+    }
+    out
+}
+
+/// `text` with every `@<id>` that `title` knows replaced by the title,
+/// whitespace collapsed: what people read (and what the emotion tagger was trained on).
+pub fn write_out_movies<'t>(text: &str, title: impl Fn(u32) -> Option<&'t str>) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut last = 0;
+    for (id, (s, e)) in at_mentions(text, |id| title(id).is_some()) {
+        out.push_str(&text[last..s]);
+        out.push_str(title(id).unwrap_or_default());
+        last = e;
+    }
+    out.push_str(&text[last..]);
+    crate::text::collapse_ws(&out)
 }
 
 /// Whether `text[start..end]` sits on word boundaries: no letter or digit

@@ -6,8 +6,9 @@ use crate::cooccur::CoOccurrence;
 use crate::emotion_source::EmotionSource;
 use crate::error::DataError;
 use crate::instances::{Dialogue, GoldCounts, RecInstance, rec_instances, segment};
+use crate::keys::{CatalogueKey, KgKey, LinkerKey};
 use crate::kg::Kg;
-use crate::linker::{Linker, LinkerOptions, common_words};
+use crate::linker::{Linker, LinkerOptions};
 use crate::paths::require_file;
 use crate::redial::{Conversation, load_conversations};
 use crate::splits::validation_ids;
@@ -15,22 +16,23 @@ use ecr_engine::Feedback;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Minimum lowercase uses in the training dialogues for a word to count as common.
 pub const COMMON_WORD_MIN_COUNT: u32 = 4;
 
 /// The catalogue, the KG and the linker built over them: load once, share.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Resources {
     /// The data directory they came from.
     pub dir: PathBuf,
     /// The movie catalogue.
-    pub catalogue: Catalogue,
+    pub catalogue: Arc<Catalogue>,
     /// The KG.
-    pub kg: Kg,
+    pub kg: Arc<Kg>,
     /// The entity linker.
-    pub linker: Linker,
+    pub linker: Arc<Linker>,
 }
 
 impl Resources {
@@ -39,22 +41,21 @@ impl Resources {
     /// [`crate::linker::common_words`]) are added from the training dialogues
     /// (`redial/train.jsonl`, at least [`COMMON_WORD_MIN_COUNT`] lowercase uses).
     pub fn load(dir: &Path, opts: &LinkerOptions) -> Result<Self, DataError> {
-        for f in [
-            "redial/movies_with_mentions.csv",
-            "redial/movie_entity.json",
-            "redial/movie_info.json",
-            "kg/entity2id.json",
-        ] {
-            require_file(dir, f)?;
-        }
-        let catalogue = Catalogue::load(&dir.join("redial"))?;
-        let kg = Kg::load(&dir.join("kg"))?;
-        let train = load_conversations(&require_file(dir, "redial/train.jsonl")?)?;
-        let texts = train.iter().flat_map(|c| c.messages.iter().map(|m| m.text.as_str()));
-        let mut opts = opts.clone();
-        opts.common_words.extend(common_words(texts, COMMON_WORD_MIN_COUNT));
-        let linker = Linker::new(&catalogue, &kg, &opts);
-        Ok(Resources { dir: dir.to_path_buf(), catalogue, kg, linker })
+        Self::from_shared(&ecr_engine::Resources::new(), dir, opts)
+    }
+
+    /// The same, taken from (or created in) an engine's shared resources, so
+    /// that every stage of the engine uses one catalogue, one KG and one linker.
+    pub fn from_shared(shared: &ecr_engine::Resources, dir: &Path, opts: &LinkerOptions) -> Result<Self, DataError> {
+        let dir = dir.to_path_buf();
+        let wrap = |e: ecr_engine::BoxError| match e.downcast::<DataError>() {
+            Ok(d) => *d,
+            Err(e) => DataError::NoDataDir(e.to_string()),
+        };
+        let catalogue = shared.get(&CatalogueKey(dir.clone())).map_err(wrap)?;
+        let kg = shared.get(&KgKey(dir.clone())).map_err(wrap)?;
+        let linker = shared.get(&LinkerKey { dir: dir.clone(), options: opts.clone() }).map_err(wrap)?;
+        Ok(Resources { dir, catalogue, kg, linker })
     }
 }
 

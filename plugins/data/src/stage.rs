@@ -3,13 +3,12 @@
 //! (system responses, or a history given from outside), so that later stages
 //! (local emotion) see the entities of every turn.
 //!
-//! The catalogue, KG and automaton are loaded once per engine
-//! ([`BuildContext::shared`]) and shared by every session.
+//! The catalogue, KG and automaton are engine resources ([`crate::keys`]):
+//! loaded once per engine and shared by every stage and session.
 
 use crate::linker::LinkerOptions;
-use crate::paths::data_dir;
 use crate::prepare::Resources;
-use ecr_engine::{BoxError, BuildContext, ConfigIssue, Field, Stage, StageFactory, StageIo, Turn};
+use ecr_engine::{BoxError, BuildContext, ConfigIssue, Field, Stage, StageFactory, StageIo, Turn, TurnContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,11 +22,6 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntityLinkerConfig {
-    /// The data directory (holding `redial/` and `kg/`). Default: `$ECR_DATA_DIR`,
-    /// else `shared/data` beside the working directory or an ancestor. A
-    /// relative path resolves against the recipe's directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
     /// Extra stop words: names made of these words do not link on their own.
     #[serde(default)]
     pub stop_words: Vec<String>,
@@ -52,7 +46,6 @@ pub struct EntityLinkerConfig {
 impl Default for EntityLinkerConfig {
     fn default() -> Self {
         EntityLinkerConfig {
-            data_dir: None,
             stop_words: Vec::new(),
             aliases: BTreeMap::new(),
             titles: true,
@@ -75,14 +68,9 @@ impl EntityLinkerConfig {
         }
     }
 
+    /// The data directory: the engine's one rule ([`BuildContext::data_dir`]).
     fn dir(&self, ctx: &BuildContext) -> Result<PathBuf, String> {
-        match &self.data_dir {
-            Some(d) => {
-                let p = ctx.resolve(d);
-                if p.is_dir() { Ok(p) } else { Err(format!("data directory {} does not exist", p.display())) }
-            }
-            None => data_dir().map_err(|e| e.to_string()),
-        }
+        ctx.data_dir().map_err(|e| e.to_string())
     }
 }
 
@@ -118,11 +106,17 @@ impl StageFactory for EntityLinkerFactory {
     fn check(&self, config: &Self::Config, ctx: &BuildContext) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
         match config.dir(ctx) {
-            Err(e) => issues.push(ConfigIssue::new("data_dir", e)),
+            Err(e) => issues.push(ConfigIssue::new("", e)),
             Ok(dir) => {
                 for f in ["redial/movies_with_mentions.csv", "redial/movie_entity.json", "kg/entity2id.json"] {
-                    if let Some(i) = ConfigIssue::missing_file("data_dir", &dir.join(f)) {
-                        issues.push(i);
+                    if !dir.join(f).is_file() {
+                        issues.push(ConfigIssue::new(
+                            "",
+                            format!(
+                                "the data directory {} has no {f}: set ECR_DATA_DIR to the shared data directory",
+                                dir.display()
+                            ),
+                        ));
                     }
                 }
             }
@@ -140,9 +134,7 @@ impl StageFactory for EntityLinkerFactory {
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
         let dir = config.dir(ctx)?;
-        let opts = config.options();
-        let key = format!("ecr-data/resources:{}:{:?}", dir.display(), config_key(&config));
-        let res = ctx.shared(&key, || Resources::load(&dir, &opts).map_err(BoxError::from))?;
+        let res = Arc::new(Resources::from_shared(ctx.resources(), &dir, &config.options())?);
         let unknown: Vec<String> = res
             .linker
             .unknown_aliases()
@@ -162,12 +154,8 @@ impl StageFactory for EntityLinkerFactory {
     }
 }
 
-fn config_key(c: &EntityLinkerConfig) -> (bool, bool, bool, &[String], &BTreeMap<String, String>) {
-    (c.titles, c.entities, c.builtin_aliases, &c.stop_words, &c.aliases)
-}
-
 impl Stage for EntityLinkerStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let linker = &self.res.linker;
         turn.user.entities = linker.link(&turn.user.text);
         if self.link_history {

@@ -1,35 +1,37 @@
-//! The `emotion_tagger` stage: reads the user's text (and the last message of
-//! the history as context), writes `user.emotions`.
+//! The `emotion_tagger` stage: reads the user's text (and the last two
+//! history utterances as context), writes `user.emotions`. It is trainable:
+//! [`crate::trainer::TaggerTrainer`] trains the checkpoint it loads.
 
 use crate::error::NeuralError;
 use crate::tagger::{EmotionTagger, TaggerInput};
-use crate::text::{MINILM_DIR, TextEncoder};
+use crate::text::{MINILM_DIR, TextEncoderKey};
 use crate::train::TrainConfig;
+use ecr_data::keys::{MovieTitles, MovieTitlesKey};
 use ecr_engine::{
-    BoxError, BuildContext, ConfigIssue, EmotionDist, Field, Role, Stage, StageFactory, StageIo, Turn, Utterance,
+    BoxError, BuildContext, ConfigIssue, EmotionDist, Field, Role, Stage, StageFactory, StageIo, Trainable, Turn,
+    TurnContext, Utterance,
 };
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Configuration of the emotion tagger (`[stages.<id>.with]`). Relative paths
-/// resolve against the recipe's directory.
+/// resolve against the recipe file that wrote them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmotionTaggerConfig {
     /// The MiniLM directory written by `models/fetch.sh`.
     pub model_dir: String,
-    /// The trained tagger's checkpoint directory (written by `ecr train -r RECIPE --stage emotion`).
-    pub checkpoint: String,
+    /// The trained tagger's checkpoint directory (written by `ecr train`);
+    /// default `runs/<recipe>/<stage id>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
     /// Labels with probability <= threshold are set to 0 in what the stage
-    /// writes and in the labels file (ECR keeps p > 0.1 and does not
-    /// renormalise); 0 keeps the whole distribution.
+    /// writes (ECR keeps p > 0.1 and does not renormalise); 0 keeps the whole
+    /// distribution.
     pub threshold: f64,
-    /// The on-disk cache of MiniLM embeddings used by training, evaluation and labelling.
+    /// The on-disk cache of MiniLM embeddings used by training and evaluation.
     pub cache_dir: String,
-    /// Where `ecr train --stage emotion` writes the emotions of every seeker
-    /// message of ReDial (`{"id", "emotions"}` per line), for the data layer.
-    pub labels_file: String,
     /// Training hyper-parameters.
     pub train: TrainConfig,
 }
@@ -38,12 +40,18 @@ impl Default for EmotionTaggerConfig {
     fn default() -> Self {
         EmotionTaggerConfig {
             model_dir: format!("../models/{MINILM_DIR}"),
-            checkpoint: "../runs/ecr/emotion_tagger".into(),
+            checkpoint: None,
             threshold: 0.1,
             cache_dir: "../.cache/embeddings".into(),
-            labels_file: "../runs/ecr/emotions.jsonl".into(),
             train: TrainConfig::default(),
         }
+    }
+}
+
+impl EmotionTaggerConfig {
+    /// The checkpoint directory in `ctx`.
+    pub fn checkpoint_dir(&self, ctx: &BuildContext) -> PathBuf {
+        ctx.resolve_or_stage_dir(self.checkpoint.as_deref(), "")
     }
 }
 
@@ -55,27 +63,23 @@ pub fn apply_threshold(mut dist: EmotionDist, threshold: f32) -> EmotionDist {
     dist
 }
 
-/// The tagger's context for a turn: the last two history utterances, prefixed
-/// by role like the annotation files.
-pub fn context_of(history: &[Utterance]) -> Vec<String> {
-    let start = history.len().saturating_sub(2);
-    history[start..]
-        .iter()
-        .map(|u| {
-            let who = match u.role {
-                Role::Seeker => "SEEKER",
-                Role::Recommender => "RECOMMENDER",
-            };
-            format!("{who}: {}", u.text)
-        })
-        .collect()
+/// A line of context as the annotation files write it: `SEEKER: text`.
+pub fn speaker_line(role: Role, text: &str) -> String {
+    let who = match role {
+        Role::Seeker => "SEEKER",
+        Role::Recommender => "RECOMMENDER",
+    };
+    format!("{who}: {text}")
 }
 
-/// The MiniLM encoder in `dir`, shared by all stages of one engine.
-pub fn shared_encoder(ctx: &BuildContext, dir: &Path) -> Result<Arc<TextEncoder>, BoxError> {
-    let key = format!("text_encoder:{}", dir.display());
-    let enc = ctx.shared(&key, || TextEncoder::load(dir).map(Arc::new).map_err(BoxError::from))?;
-    Ok(Arc::clone(&enc))
+/// What the tagger reads for the user's turn after `history`: the utterance
+/// and the last two history utterances, prefixed by role like the annotation
+/// files, with movies written `@<id>` replaced by their titles. The live stage
+/// and every replay over ReDial use this one function.
+pub fn tagger_input(history: &[Utterance], text: &str, titles: &MovieTitles) -> TaggerInput {
+    let start = history.len().saturating_sub(2);
+    let context = history[start..].iter().map(|u| speaker_line(u.role, &titles.write_out(&u.text))).collect();
+    TaggerInput { utterance: titles.write_out(text), context }
 }
 
 /// The factory of the `emotion_tagger` stage.
@@ -118,35 +122,55 @@ impl StageFactory for EmotionTaggerFactory {
     }
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
-        let encoder = shared_encoder(ctx, &ctx.resolve(&config.model_dir))?;
-        let tagger = EmotionTagger::load(&ctx.resolve(&config.checkpoint), encoder)?;
-        Ok(Box::new(EmotionTaggerStage { tagger, threshold: config.threshold as f32 }))
+        let encoder = ctx.resources().get(&TextEncoderKey(ctx.resolve(&config.model_dir)))?;
+        let checkpoint = config.checkpoint_dir(ctx);
+        crate::trainer::refuse_other_config(&checkpoint, &config.train, ctx.stage_id())?;
+        let tagger = EmotionTagger::load(&checkpoint, encoder).map_err(|e| {
+            format!("{e} (stage {:?}: `ecr train -r {}` trains it)", ctx.stage_id(), ctx.recipe_path().display())
+        })?;
+        let titles = ctx.resources().get(&MovieTitlesKey(ctx.data_dir()?))?;
+        Ok(Box::new(EmotionTaggerStage { tagger, titles, threshold: config.threshold as f32 }))
+    }
+
+    fn trainer(&self, config: Self::Config, ctx: &BuildContext) -> Result<Option<Box<dyn Trainable>>, BoxError> {
+        Ok(Some(Box::new(crate::trainer::TaggerTrainer::new(config, ctx))))
     }
 }
 
 /// The running stage.
 pub struct EmotionTaggerStage {
     tagger: EmotionTagger,
+    titles: Arc<MovieTitles>,
     threshold: f32,
 }
 
 impl EmotionTaggerStage {
-    /// A stage around a loaded tagger.
-    pub fn new(tagger: EmotionTagger, threshold: f32) -> Self {
-        EmotionTaggerStage { tagger, threshold }
+    fn tag(&self, turns: &mut [Turn]) -> Result<(), BoxError> {
+        let inputs: Vec<TaggerInput> =
+            turns.iter().map(|t| tagger_input(&t.history, &t.user.text, &self.titles)).collect();
+        let dists = self.tagger.predict(&inputs, None)?;
+        if dists.len() != turns.len() {
+            return Err(NeuralError::Invalid("the tagger returned the wrong number of distributions".into()).into());
+        }
+        for (t, d) in turns.iter_mut().zip(dists) {
+            t.user.emotions = Some(apply_threshold(d, self.threshold));
+        }
+        Ok(())
     }
 }
 
 impl Stage for EmotionTaggerStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let _span = tracing::debug_span!("emotion_tagger").entered();
-        let input = TaggerInput { utterance: turn.user.text.clone(), context: context_of(&turn.history) };
-        let dist = self
-            .tagger
-            .predict(&[input], None)?
-            .pop()
-            .ok_or_else(|| NeuralError::Invalid("the tagger returned no distribution".into()))?;
-        turn.user.emotions = Some(apply_threshold(dist, self.threshold));
+        self.tag(std::slice::from_mut(turn))
+    }
+
+    /// Many turns at once: one batched encoder pass per 64 turns.
+    fn run_batch(&self, turns: &mut [Turn], cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
+        for chunk in turns.chunks_mut(64) {
+            cx.check_cancelled()?;
+            self.tag(chunk)?;
+        }
         Ok(())
     }
 }
@@ -169,14 +193,17 @@ mod tests {
     }
 
     #[test]
-    fn context_is_the_last_two_utterances_with_roles() {
+    fn input_is_the_turn_and_the_last_two_utterances_with_roles_and_titles() {
+        let titles = MovieTitles([(7, "Alien (1979)".to_string())].into_iter().collect());
         let h = vec![
             Utterance::new(Role::Seeker, "a"),
-            Utterance::new(Role::Recommender, "b"),
+            Utterance::new(Role::Recommender, "try @7"),
             Utterance::new(Role::Seeker, "c"),
         ];
-        assert_eq!(context_of(&h), vec!["RECOMMENDER: b".to_string(), "SEEKER: c".to_string()]);
-        assert!(context_of(&[]).is_empty());
+        let i = tagger_input(&h, "I loved @7  so much", &titles);
+        assert_eq!(i.context, vec!["RECOMMENDER: try Alien (1979)".to_string(), "SEEKER: c".to_string()]);
+        assert_eq!(i.utterance, "I loved Alien (1979) so much");
+        assert!(tagger_input(&[], "x", &titles).context.is_empty());
     }
 
     #[test]

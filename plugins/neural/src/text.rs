@@ -267,3 +267,15 @@ mod tests {
         assert!(err.contains("models/fetch.sh"), "{err}");
     }
 }
+
+/// The MiniLM encoder in a model directory, as an engine resource: loaded once
+/// per engine and shared by every stage that embeds text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TextEncoderKey(pub PathBuf);
+
+impl ecr_engine::ResourceKey for TextEncoderKey {
+    type Value = TextEncoder;
+    fn create(&self, _: &ecr_engine::Resources) -> std::result::Result<TextEncoder, ecr_engine::BoxError> {
+        Ok(TextEncoder::load(&self.0)?)
+    }
+}

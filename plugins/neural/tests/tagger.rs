@@ -158,14 +158,14 @@ fn stage_tags_the_user_turn_with_the_thresholded_distribution() {
     let dir = common::tmp_dir("tagger-stage");
     let config = EmotionTaggerConfig {
         model_dir: common::minilm_dir().display().to_string(),
-        checkpoint: ckpt.display().to_string(),
+        checkpoint: Some(ckpt.display().to_string()),
         ..Default::default()
     };
-    let ctx = BuildContext::new(dir.join("recipe.toml"), "emotion");
+    let ctx = BuildContext::new(dir.join("recipe.toml"), "test", "emotion");
     assert!(EmotionTaggerFactory.check(&config, &ctx).is_empty());
     let stage = EmotionTaggerFactory.build(config.clone(), &ctx).expect("build the stage");
     let mut turn = Turn::new(vec![Utterance::new(Role::Recommender, "Here you go, enjoy!")], "Thanks a lot!");
-    stage.run(&mut turn).expect("run");
+    stage.run_detached(&mut turn).expect("run");
     let d = turn.user.emotions.expect("the stage writes user.emotions");
     assert_eq!(d.top(), Emotion::Grateful);
     assert!(

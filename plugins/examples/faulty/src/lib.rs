@@ -14,6 +14,10 @@
 //! | `fail`         | returns 3 with a message                                  |
 //! | `panic`        | panics (caught, and reported as code 101)                 |
 //! | `refuse`       | (create fails with a message)                             |
+//! | `wait_cancel`  | waits until the turn is cancelled (up to 10 s), returns 4 |
+//!
+//! It exports the optional `ecr_stage_run_cancellable`; `wait_cancel` polls
+//! its flag, every other mode behaves as in `ecr_stage_run`.
 //!
 //! Cargo features make the variants the loader must refuse: `abi-999`
 //! reports ABI version 999, `no-run` leaves out `ecr_stage_run`.
@@ -29,8 +33,18 @@ const VERSION: u32 = 1;
 #[cfg(feature = "abi-999")]
 const VERSION: u32 = 999;
 
-const MODES: [&str; 9] =
-    ["ok", "invalid_json", "not_object", "no_output", "unknown_field", "bad_value", "fail", "panic", "refuse"];
+const MODES: [&str; 10] = [
+    "ok",
+    "invalid_json",
+    "not_object",
+    "no_output",
+    "unknown_field",
+    "bad_value",
+    "fail",
+    "panic",
+    "refuse",
+    "wait_cancel",
+];
 
 struct Faulty {
     mode: &'static str,
@@ -94,6 +108,39 @@ pub unsafe extern "C" fn ecr_stage_run(
     // SAFETY: per this function's contract.
     unsafe { *out_json = text.map_or(std::ptr::null_mut(), to_c) };
     code
+}
+
+/// Run with the turn's cancellation flag: `wait_cancel` polls it.
+///
+/// # Safety
+/// As `ecr_stage_run`; `cancelled` points to a byte that stays valid during the call.
+#[cfg(not(feature = "no-run"))]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ecr_stage_run_cancellable(
+    stage: *mut c_void,
+    input_json: *const c_char,
+    cancelled: *const u8,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: per this function's contract.
+    let faulty = unsafe { &*stage.cast::<Faulty>() };
+    if faulty.mode != "wait_cancel" {
+        // SAFETY: per this function's contract.
+        return unsafe { ecr_stage_run(stage, input_json, out_json) };
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: the host writes the byte from another thread; a volatile read sees it.
+    while unsafe { std::ptr::read_volatile(cancelled) } == 0 {
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            // SAFETY: per this function's contract.
+            unsafe { *out_json = to_c("waited 10 s and was never cancelled") };
+            return 5;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: per this function's contract.
+    unsafe { *out_json = to_c("stopped: the turn was cancelled") };
+    4
 }
 
 /// Drop a stage.
