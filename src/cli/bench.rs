@@ -43,7 +43,7 @@ pub enum BenchCommand {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Retrieve { rebuild, reloads, turns } => {
-            let ctx = ecr::BuildContext::new("recipes/ecr.toml", "retrieve");
+            let ctx = ecr::BuildContext::new("recipes/ecr.toml", "ecr", "retrieve");
             let opts = ecr::respond::bench::BenchOptions { rebuild, reloads, turns };
             let report = ecr::respond::bench::bench_retrieve(&ecr::respond::RetrieverConfig::default(), &ctx, &opts)
                 .map_err(|e| anyhow::anyhow!(e))?;

@@ -4,7 +4,7 @@
 use crate::retrieve::{Retriever, World};
 use crate::reviewdb::{Opened, ReviewDb, fingerprint};
 use crate::stage::{RetrieverConfig, open_review_db};
-use ecr_data::{LinkerOptions, Resources, data_dir, load_conversations};
+use ecr_data::{LinkerOptions, Resources, load_conversations};
 use ecr_engine::{BoxError, BuildContext, Candidate, Role, Utterance};
 use ecr_neural::TextEncoder;
 use std::sync::Arc;
@@ -90,15 +90,12 @@ pub fn bench_retrieve(
     ctx: &BuildContext,
     opts: &BenchOptions,
 ) -> Result<BenchReport, BoxError> {
-    let dir = match &config.data_dir {
-        Some(d) => ctx.resolve(d),
-        None => data_dir()?,
-    };
+    let dir = ctx.data_dir()?;
     let res = Resources::load(&dir, &LinkerOptions::default())?;
     let encoder = TextEncoder::load(&ctx.resolve(&config.model_dir))?;
     if opts.rebuild {
         let fp = fingerprint(&config.db_params(), encoder.id());
-        let _ = std::fs::remove_dir_all(ctx.resolve(&config.index_dir).join(format!("reviews-{fp}")));
+        let _ = std::fs::remove_dir_all(config.index_dir(ctx).join(format!("reviews-{fp}")));
     }
     let (db, opened) = open_review_db(config, &res, &encoder, ctx, true)?;
     let db_dir = db.dir().to_path_buf();

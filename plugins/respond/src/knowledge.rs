@@ -60,6 +60,28 @@ impl KnowledgeIndex {
     }
 }
 
+/// A KG display name as people write it: qualifier stripped and URI
+/// percent-escapes decoded (`%22Little Billy%22 Rhodes` → `"Little Billy" Rhodes`).
+pub fn display_name(kg_name: &str) -> String {
+    let b = strip_qualifier(kg_name).as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| strip_qualifier(kg_name).to_string())
+}
+
 /// A name as compared between sources: qualifier stripped, lowercase, whitespace collapsed.
 pub fn name_key(name: &str) -> String {
     ecr_data::text::collapse_ws(strip_qualifier(name)).to_lowercase()
@@ -105,7 +127,7 @@ pub fn movie_facts(
             .flatten()
             .filter(|&&(r, t)| t != item && kg.relations.get(r as usize).is_some_and(|n| n == rel))
             .filter_map(|&(_, t)| kg.name(t))
-            .map(|n| strip_qualifier(n).to_string());
+            .map(display_name);
         for name in from_info.iter().cloned().chain(from_kg) {
             if seen.insert((rel.clone(), name_key(&name))) {
                 facts.push(fact(rel, &name));
@@ -261,5 +283,7 @@ pub(crate) mod tests {
         assert!(s.supports(Some(3), "Kate Winslet") && s.supports(None, "leonardo  dicaprio"));
         assert!(!s.supports(Some(4), "Steven Spielberg"), "Spielberg directed Jaws, not Titanic");
         assert!(s.supports(None, "Titanic"));
+        assert_eq!(display_name("%22Little Billy%22 Rhodes"), "\"Little Billy\" Rhodes");
+        assert_eq!(display_name("100%_Love (film)"), "100%_Love");
     }
 }

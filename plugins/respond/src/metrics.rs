@@ -18,7 +18,6 @@
 
 use crate::error::{RespondError, Result};
 use crate::knowledge::{KnowledgeIndex, Support, name_key, support};
-use ecr_data::text::strip_qualifier;
 use ecr_data::{Catalogue, Kg, Linker};
 use ecr_engine::{EntityKind, Fact, Passage};
 use serde::{Deserialize, Serialize};
@@ -227,7 +226,7 @@ impl<'a> FactChecker<'a> {
             if !(is_movie || is_person_or_company) || is_rec || said.contains(&key) || !seen.insert(key) {
                 continue;
             }
-            let name = strip_qualifier(&m.name).to_string();
+            let name = crate::knowledge::display_name(&m.name);
             out.push(Claim { supported: sup.supports(m.entity, &name), name, entity: m.entity });
         }
         out

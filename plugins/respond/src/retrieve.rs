@@ -16,7 +16,6 @@
 use crate::error::Result;
 use crate::knowledge::{KnowledgeIndex, movie_facts};
 use crate::reviewdb::{ReviewDb, dot, movie_description};
-use ecr_data::text::strip_qualifier;
 use ecr_data::{Catalogue, Kg, Linker};
 use ecr_engine::{Candidate, Fact, Passage, Utterance};
 use ecr_neural::TextEncoder;
@@ -324,7 +323,7 @@ impl Retriever {
         let mut v: Vec<(u32, usize)> = counts.into_iter().filter(|&(_, n)| n >= 2).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.into_iter()
-            .filter_map(|(e, _)| kg.name(e).map(|n| strip_qualifier(n).to_string()))
+            .filter_map(|(e, _)| kg.name(e).map(crate::knowledge::display_name))
             .take(self.options.entities)
             .collect()
     }

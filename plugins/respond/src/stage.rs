@@ -7,12 +7,12 @@ use crate::clean::ReviewFilter;
 use crate::prompt::{EstimateCounter, PromptBuilder, PromptConfig, PromptInput, TokenCounter};
 use crate::retrieve::{RetrieveOptions, Retriever, World};
 use crate::reviewdb::{DbSources, IndexParams, Opened, ReviewDb, ReviewDbParams};
-use ecr_data::{LinkerOptions, Resources, data_dir};
-use ecr_engine::{BoxError, BuildContext, ConfigIssue, Field, Stage, StageFactory, StageIo, Turn};
+use ecr_data::{LinkerOptions, Resources};
+use ecr_engine::{BoxError, BuildContext, ConfigIssue, Field, Stage, StageFactory, StageIo, Turn, TurnContext};
 use ecr_neural::TextEncoder;
+use ecr_neural::text::TextEncoderKey;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The extension field the retriever writes the review entities to.
@@ -21,24 +21,10 @@ pub const REVIEW_ENTITIES: &str = "review_entities";
 /// (the response starts with it; the generator continues it).
 pub const RESPONSE_PREFIX: &str = "response_prefix";
 
-fn resolve_data_dir(data_dir_cfg: &Option<PathBuf>, ctx: &BuildContext) -> Result<PathBuf, String> {
-    match data_dir_cfg {
-        Some(d) => {
-            let p = ctx.resolve(d);
-            if p.is_dir() { Ok(p) } else { Err(format!("data directory {} does not exist", p.display())) }
-        }
-        None => data_dir().map_err(|e| e.to_string()),
-    }
-}
-
-/// The catalogue, KG and linker, shared with `entity_linker` when it has its
-/// default options (the same key), else loaded once for these stages.
-fn shared_resources(ctx: &BuildContext, dir: &Path) -> Result<Arc<Resources>, BoxError> {
-    // The entity_linker factory's key for its default config (titles, entities,
-    // builtin aliases, no extra stop words, no extra aliases).
-    let none: (&[String], BTreeMap<String, String>) = (&[], BTreeMap::new());
-    let key = format!("ecr-data/resources:{}:{:?}", dir.display(), (true, true, true, none.0, &none.1));
-    ctx.shared(&key, || Resources::load(dir, &LinkerOptions::default()).map_err(BoxError::from))
+/// The catalogue, KG and linker of the engine's data directory, shared with
+/// every stage of the engine (the linker with its default options).
+fn shared_resources(ctx: &BuildContext) -> Result<Arc<Resources>, BoxError> {
+    Ok(Arc::new(Resources::from_shared(ctx.resources(), &ctx.data_dir()?, &LinkerOptions::default())?))
 }
 
 fn model_dir_issue(ctx: &BuildContext, model_dir: &str) -> Option<ConfigIssue> {
@@ -53,9 +39,6 @@ fn model_dir_issue(ctx: &BuildContext, model_dir: &str) -> Option<ConfigIssue> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrieverConfig {
-    /// The data directory (default: `$ECR_DATA_DIR`, else `shared/data` beside the project).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
     /// The reviews file (default: `reviews/imdb_reviews.jsonl` of the data directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reviews_file: Option<PathBuf>,
@@ -63,8 +46,10 @@ pub struct RetrieverConfig {
     pub model_dir: String,
     /// The shared on-disk embedding cache.
     pub embedding_cache: String,
-    /// Where the review database is built and kept (one subdirectory per fingerprint).
-    pub index_dir: String,
+    /// Where the review database is built and kept (one subdirectory per
+    /// fingerprint); default: `reviews/` in the recipe's run directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_dir: Option<String>,
     /// Which reviews and sentences are kept (ECR's thresholds).
     pub filter: ReviewFilter,
     /// HNSW construction parameters.
@@ -97,11 +82,10 @@ impl Default for RetrieverConfig {
     fn default() -> Self {
         let o = RetrieveOptions::default();
         RetrieverConfig {
-            data_dir: None,
             reviews_file: None,
             model_dir: format!("../models/{}", ecr_neural::text::MINILM_DIR),
             embedding_cache: "../.cache/embeddings".into(),
-            index_dir: "../runs/ecr/reviews".into(),
+            index_dir: None,
             filter: ReviewFilter::default(),
             index: IndexParams::default(),
             items: o.items,
@@ -137,6 +121,11 @@ impl RetrieverConfig {
         }
     }
 
+    /// The directory the review databases live in.
+    pub fn index_dir(&self, ctx: &BuildContext) -> PathBuf {
+        self.index_dir.as_ref().map_or_else(|| ctx.run_dir().join("reviews"), |d| ctx.resolve(d))
+    }
+
     /// The database parameters.
     pub fn db_params(&self) -> ReviewDbParams {
         ReviewDbParams { filter: self.filter.clone(), index: self.index.clone() }
@@ -166,7 +155,7 @@ pub fn open_review_db(
         embedding_cache: Some(&cache),
         progress,
     };
-    Ok(ReviewDb::open(&ctx.resolve(&config.index_dir), &src, &config.db_params())?)
+    Ok(ReviewDb::open(&config.index_dir(ctx), &src, &config.db_params())?)
 }
 
 /// The factory of `retriever`.
@@ -217,12 +206,12 @@ impl StageFactory for RetrieverFactory {
 
     fn check(&self, config: &Self::Config, ctx: &BuildContext) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
-        match resolve_data_dir(&config.data_dir, ctx) {
-            Err(e) => issues.push(ConfigIssue::new("data_dir", e)),
-            Ok(dir) => match &config.reviews_file {
-                Some(f) => issues.extend(ConfigIssue::missing_file("reviews_file", &ctx.resolve(f))),
-                None => issues.extend(ConfigIssue::missing_file("data_dir", &dir.join("reviews/imdb_reviews.jsonl"))),
-            },
+        match (ctx.data_dir(), &config.reviews_file) {
+            (_, Some(f)) => issues.extend(ConfigIssue::missing_file("reviews_file", &ctx.resolve(f))),
+            (Err(e), None) => issues.push(ConfigIssue::new("", e.to_string())),
+            (Ok(dir), None) => {
+                issues.extend(ConfigIssue::missing_file("reviews_file", &dir.join("reviews/imdb_reviews.jsonl")))
+            }
         }
         issues.extend(model_dir_issue(ctx, &config.model_dir));
         if let Err((k, m)) = config.filter.validate() {
@@ -238,9 +227,8 @@ impl StageFactory for RetrieverFactory {
     }
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
-        let dir = resolve_data_dir(&config.data_dir, ctx)?;
-        let res = shared_resources(ctx, &dir)?;
-        let encoder = ecr_neural::stage::shared_encoder(ctx, &ctx.resolve(&config.model_dir))?;
+        let res = shared_resources(ctx)?;
+        let encoder = ctx.resources().get(&TextEncoderKey(ctx.resolve(&config.model_dir)))?;
         let world = World { kg: &res.kg, catalogue: &res.catalogue, linker: &res.linker, encoder: &encoder };
         if !config.reviews {
             // No review passages: the database is not needed (nor built).
@@ -264,7 +252,7 @@ impl StageFactory for RetrieverFactory {
 }
 
 impl Stage for RetrieverStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let r = self.retriever.retrieve(self.world(), &turn.candidates, &turn.history, &turn.user.text)?;
         turn.passages = r.passages;
         turn.facts = r.facts;
@@ -274,14 +262,10 @@ impl Stage for RetrieverStage {
 }
 
 /// Configuration of `prompt_builder`: the template and budget
-/// ([`PromptConfig`]), plus where the data is (to write `@<id>` mentions
-/// out as titles) and how many candidates the prompt names.
+/// ([`PromptConfig`]), and how many candidates the prompt names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromptBuilderConfig {
-    /// The data directory (default: `$ECR_DATA_DIR`, else `shared/data` beside the project).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
     /// How many of the top candidates the prompt names.
     pub items: usize,
     /// The template, chat format and budget.
@@ -290,7 +274,7 @@ pub struct PromptBuilderConfig {
 
 impl Default for PromptBuilderConfig {
     fn default() -> Self {
-        PromptBuilderConfig { data_dir: None, items: 1, template: PromptConfig::default() }
+        PromptBuilderConfig { items: 1, template: PromptConfig::default() }
     }
 }
 
@@ -325,23 +309,19 @@ impl StageFactory for PromptBuilderFactory {
     }
 
     fn io(&self, _config: &Self::Config) -> StageIo {
+        // Knowledge is read when a stage before writes it; a recipe without a
+        // retriever prompts with the movie and the dialogue only.
         StageIo::new(
-            [
-                Field::Candidates,
-                Field::Passages,
-                Field::Facts,
-                Field::Ext(REVIEW_ENTITIES.into()),
-                Field::History,
-                Field::UserText,
-            ],
+            [Field::Candidates, Field::History, Field::UserText],
             [Field::Prompt, Field::Ext(RESPONSE_PREFIX.into())],
         )
+        .with_optional([Field::Passages, Field::Facts, Field::Ext(REVIEW_ENTITIES.into())])
     }
 
     fn check(&self, config: &Self::Config, ctx: &BuildContext) -> Vec<ConfigIssue> {
         let mut issues = Vec::new();
-        if let Err(e) = resolve_data_dir(&config.data_dir, ctx) {
-            issues.push(ConfigIssue::new("data_dir", e));
+        if let Err(e) = ctx.data_dir() {
+            issues.push(ConfigIssue::new("", e.to_string()));
         }
         if let Err((k, m)) = config.template.validate() {
             issues.push(ConfigIssue::new(format!("template.{k}"), m));
@@ -353,15 +333,14 @@ impl StageFactory for PromptBuilderFactory {
     }
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
-        let dir = resolve_data_dir(&config.data_dir, ctx)?;
-        let res = shared_resources(ctx, &dir)?;
+        let res = shared_resources(ctx)?;
         let builder = PromptBuilder::new(config.template)?;
         Ok(Box::new(PromptBuilderStage { res, builder, items: config.items, counter: Arc::new(EstimateCounter) }))
     }
 }
 
 impl Stage for PromptBuilderStage {
-    fn run(&self, turn: &mut Turn) -> Result<(), BoxError> {
+    fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let linker = &self.res.linker;
         let entities: Vec<String> = match turn.ext.get(REVIEW_ENTITIES) {
             None | Some(serde_json::Value::Null) => Vec::new(),
