@@ -15,6 +15,7 @@
 pub use ecr_data as data;
 pub use ecr_engine::*;
 pub use ecr_neural as neural;
+pub use ecr_plugins::respond;
 pub use ecr_plugins::{register_builtins, registry};
 
 use std::path::Path;

@@ -6,6 +6,7 @@
 pub use ecr_data as data;
 pub use ecr_engine::Registry;
 pub use ecr_neural as neural;
+pub use ecr_respond as respond;
 
 /// Register every built-in stage in `registry`.
 pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::registry::RegistryError> {
@@ -15,6 +16,8 @@ pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::regi
     registry.register(ecr_data::GlobalEmotionFactory)?;
     registry.register(ecr_data::FeedbackMappingFactory)?;
     registry.register(ecr_neural::recommend::stage::RecommenderFactory)?;
+    registry.register(ecr_respond::RetrieverFactory)?;
+    registry.register(ecr_respond::PromptBuilderFactory)?;
     Ok(())
 }
 

@@ -24,11 +24,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// Review database build and reload times, retrieval latency per turn on ReDial test dialogues
+    /// (the retriever of recipes/ecr.toml with its default configuration).
+    Retrieve {
+        /// Delete the database first so that it is built (the embedding cache is kept).
+        #[arg(long)]
+        rebuild: bool,
+        /// Reloads to time.
+        #[arg(long, default_value_t = 5)]
+        reloads: usize,
+        /// Recommender turns to retrieve for.
+        #[arg(long, default_value_t = 300)]
+        turns: usize,
+    },
 }
 
 /// Run a benchmark.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Retrieve { rebuild, reloads, turns } => {
+            let ctx = ecr::BuildContext::new("recipes/ecr.toml", "ecr", "retrieve");
+            let opts = ecr::respond::bench::BenchOptions { rebuild, reloads, turns };
+            let report = ecr::respond::bench::bench_retrieve(&ecr::respond::RetrieverConfig::default(), &ctx, &opts)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{report}");
+            Ok(())
+        }
         BenchCommand::Encoder { model_dir, texts, batch_size, rounds } => {
             let opts = EncoderOptions { batch_size, ..Default::default() };
             let enc = TextEncoder::load_with(&model_dir, opts)?;

@@ -1,0 +1,77 @@
+//! A per-sentence emotion signal for review sentences: how many words of a
+//! small built-in lexicon of feeling words (`resources/emotion_words.txt`)
+//! the sentence uses. The project's emotion tagger is trained on seeker
+//! utterances, not review prose, and would add a second model pass over
+//! every sentence; the lexicon is cheap, transparent and deterministic.
+
+use std::collections::HashSet;
+
+/// The built-in lexicon.
+pub const EMOTION_WORDS: &str = include_str!("../resources/emotion_words.txt");
+
+/// The lexicon: whole words and stems (`love*` matches `loved`, `lovingly` does not).
+#[derive(Debug, Clone)]
+pub struct EmotionLexicon {
+    words: HashSet<String>,
+    stems: Vec<String>,
+}
+
+impl Default for EmotionLexicon {
+    fn default() -> Self {
+        Self::parse(EMOTION_WORDS)
+    }
+}
+
+impl EmotionLexicon {
+    /// Parse a lexicon (`#` comments, whitespace-separated entries, `*` = any ending).
+    pub fn parse(text: &str) -> Self {
+        let mut words = HashSet::new();
+        let mut stems = Vec::new();
+        for entry in text.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(str::split_whitespace) {
+            let e = entry.to_lowercase();
+            match e.strip_suffix('*') {
+                Some(stem) => stems.push(stem.to_string()),
+                None => {
+                    words.insert(e);
+                }
+            }
+        }
+        EmotionLexicon { words, stems }
+    }
+
+    /// Number of lexicon words in `sentence` (case-insensitive, punctuation trimmed).
+    pub fn score(&self, sentence: &str) -> u32 {
+        sentence
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase())
+            .filter(|w| {
+                !w.is_empty() && (self.words.contains(w) || self.stems.iter().any(|s| w.starts_with(s.as_str())))
+            })
+            .count() as u32
+    }
+
+    /// Number of entries (words and stems).
+    pub fn len(&self) -> usize {
+        self.words.len() + self.stems.len()
+    }
+
+    /// Whether the lexicon is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_words_and_stems() {
+        let l = EmotionLexicon::default();
+        assert_eq!(l.score("I LOVED it, and cried at the end!"), 2);
+        assert_eq!(l.score("The film runs two hours."), 0);
+        let l = EmotionLexicon::parse("# c\nsad lov*");
+        assert_eq!(l.score("Sad, lovely, loving, sadly"), 3);
+        assert_eq!(l.len(), 2);
+    }
+}
