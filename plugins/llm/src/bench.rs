@@ -88,6 +88,8 @@ pub struct BenchReport {
     pub gen_tokens: usize,
     /// The 1-minute load average when the run ended (the machine is shared), if known.
     pub load_average: Option<f64>,
+    /// Arithmetic of one token through the model's matrix products, GFLOP (2 per weight).
+    pub gflop_per_token: f64,
 }
 
 impl BenchReport {
@@ -147,6 +149,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     let tok = Arc::new(LlmTokenizer::from_gguf(&g)?);
     let ecr = tok.encode(ECR_PROMPT)?;
     let short = tok.encode(SHORT_PROMPT)?;
+    let c = g.llama_config()?;
+    let kv = c.n_kv_head * c.head_dim();
+    let weights = c.n_layer * (c.d_model * (2 * c.d_model + 2 * kv) + 3 * c.d_model * c.d_ff) + c.vocab * c.d_model;
     let ours = Llm::from_gguf(&g, tok.clone(), &LoadOptions { threads: opts.threads, ..Default::default() })?;
     let candle = Llm::from_gguf(
         &g,
@@ -165,6 +170,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         ecr_prompt_tokens: ecr.len(),
         short_prompt_tokens: short.len(),
         gen_tokens: opts.gen_tokens,
+        gflop_per_token: 2.0 * weights as f64 / 1e9,
         load_average: std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())),
@@ -205,9 +211,50 @@ impl fmt::Display for BenchReport {
             rp * cp,
             rg * cg
         )?;
+        writeln!(
+            f,
+            "arithmetic: {:.2} GFLOP per token; our prefill does {:.0} GFLOP/s, generation {:.0} GFLOP/s",
+            self.gflop_per_token,
+            self.gflop_per_token * self.ours.prompt_tok_s,
+            self.gflop_per_token * self.ours.gen_tok_s
+        )?;
         if let Some(l) = self.load_average {
             writeln!(f, "load average at the end: {l:.2} (2 cores, shared)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_serialises_to_the_documented_keys_and_prints_ratios() {
+        let fig = |p, g| DecoderFigures {
+            decoder: "x".into(),
+            prompt_tok_s: p,
+            gen_tok_s: g,
+            first_token_ms: 12.0,
+            short_prompt_tok_s: p,
+            gen_after_ecr_tok_s: g,
+        };
+        let r = BenchReport {
+            ours: fig(800.0, 120.0),
+            candle: fig(100.0, 60.0),
+            ecr_prompt_tokens: 421,
+            short_prompt_tokens: 53,
+            gen_tokens: 128,
+            load_average: Some(1.0),
+            gflop_per_token: 0.27,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        for who in ["ours", "candle"] {
+            for key in ["prompt_tok_s", "gen_tok_s", "first_token_ms"] {
+                assert!(j[who][key].is_number(), "{who}.{key} in {j}");
+            }
+        }
+        let text = r.to_string();
+        assert!(text.contains("prompt 8.00x, generation 2.00x"), "{text}");
     }
 }

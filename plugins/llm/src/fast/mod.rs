@@ -50,8 +50,10 @@ pub struct FastModel {
 /// A session's state: the KV cache and scratch buffers.
 pub struct FastState {
     pos: usize,
-    /// Per layer `[position][kv_dim]`.
+    /// Per layer, keys transposed by blocks of 16 positions: `[pos / 16][kv head][dim][pos % 16]`,
+    /// so that scores of 16 positions are 16 lanes of one vector (no horizontal sums).
     k: Vec<Vec<f32>>,
+    /// Per layer values, `[position][kv_dim]`.
     v: Vec<Vec<f32>>,
     x: Vec<f32>,
     h: Vec<f32>,
@@ -226,10 +228,13 @@ impl FastModel {
                 }
             });
             let (kc, vc) = (&mut s.k[l], &mut s.v[l]);
-            kc.truncate(p0 * kv);
+            kc.resize((p0 + t_n).div_ceil(KEY_BLOCK) * KEY_BLOCK * kv, 0.0);
             vc.truncate(p0 * kv);
-            for row in s.qkv.chunks_exact(qkv_w) {
-                kc.extend_from_slice(&row[d..d + kv]);
+            for (t, row) in s.qkv.chunks_exact(qkv_w).enumerate() {
+                let pos = p0 + t;
+                for (i, &val) in row[d..d + kv].iter().enumerate() {
+                    kc[key_index(pos, i / hd, i % hd, c.n_kv_head, hd)] = val;
+                }
                 vc.extend_from_slice(&row[d + kv..]);
             }
             let (kc, vc, qkv) = (&*kc, &*vc, &s.qkv);
@@ -237,7 +242,8 @@ impl FastModel {
             par_chunks(&self.pool, &mut s.att, hd, |i, out| {
                 let (t, head) = (i / c.n_head, i % c.n_head);
                 let q = &qkv[t * qkv_w + head * hd..][..hd];
-                attend(q, kc, vc, kv, (head / group) * hd, p0 + t + 1, out);
+                let cache = KvView { k: kc, v: vc, n_kv: c.n_kv_head, head: head / group };
+                attend(self.kernel, q, &cache, p0 + t + 1, out);
             });
             quantize_rows(&self.pool, &s.att, &mut s.acts, d);
             let x = Out::new(&mut s.x);
@@ -388,32 +394,167 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// Causal attention of one query head over positions `0..n` of the cache (`[pos][kv_dim]`, this
-/// head's key/value at offset `off`).
-pub fn attend(q: &[f32], k: &[f32], v: &[f32], kv_dim: usize, off: usize, n: usize, out: &mut [f32]) {
+/// Positions per block of the transposed key cache.
+pub const KEY_BLOCK: usize = 16;
+
+/// Index of key `(pos, kv head, dim)` in the transposed key cache.
+pub fn key_index(pos: usize, head: usize, dim: usize, n_kv: usize, hd: usize) -> usize {
+    ((pos / KEY_BLOCK * n_kv + head) * hd + dim) * KEY_BLOCK + pos % KEY_BLOCK
+}
+
+/// One key/value head of a layer's cache.
+pub struct KvView<'a> {
+    /// Transposed keys (see `key_index`).
+    pub k: &'a [f32],
+    /// Values, `[position][n_kv · head_dim]`.
+    pub v: &'a [f32],
+    /// Key/value heads.
+    pub n_kv: usize,
+    /// Which one.
+    pub head: usize,
+}
+
+/// Causal attention of one query head over positions `0..n` of the cache, with the kernels'
+/// instruction set.
+pub fn attend(kernel: Kernel, q: &[f32], cache: &KvView<'_>, n: usize, out: &mut [f32]) {
     let hd = q.len();
+    let kv_dim = cache.n_kv * hd;
+    assert!(
+        n >= 1
+            && cache.head < cache.n_kv
+            && n.div_ceil(KEY_BLOCK) * KEY_BLOCK * kv_dim <= cache.k.len()
+            && n * kv_dim <= cache.v.len()
+            && out.len() == hd,
+        "attend bounds"
+    );
+    let mut scores = SCORES.with_borrow_mut(std::mem::take);
+    scores.clear();
+    scores.resize(n.div_ceil(KEY_BLOCK) * KEY_BLOCK, 0.0);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx512Vnni` is only selected on CPUs with AVX-512 (see `Kernel::detect`);
+        // bounds are checked above and the head size here.
+        Kernel::Avx512Vnni if hd.is_multiple_of(16) && hd <= 128 => unsafe {
+            attend_avx512(q, cache, n, &mut scores, out)
+        },
+        _ => attend_portable(q, cache, n, &mut scores, out),
+    }
+    SCORES.with_borrow_mut(|s| *s = scores);
+}
+
+fn attend_portable(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    let kv_dim = c.n_kv * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    SCORES.with_borrow_mut(|sc| {
-        sc.clear();
-        let mut max = f32::NEG_INFINITY;
-        for j in 0..n {
-            let s = dot(q, &k[j * kv_dim + off..][..hd]) * scale;
-            max = max.max(s);
-            sc.push(s);
+    let sc = &mut sc[..n];
+    let mut max = f32::NEG_INFINITY;
+    for (j, s) in sc.iter_mut().enumerate() {
+        *s = q.iter().enumerate().map(|(d, &qd)| qd * c.k[key_index(j, c.head, d, c.n_kv, hd)]).sum::<f32>() * scale;
+        max = max.max(*s);
+    }
+    let mut sum = 0.0;
+    for s in sc.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    let inv = 1.0 / sum;
+    for (j, &p) in sc.iter().enumerate() {
+        let w = p * inv;
+        for (o, &vv) in out.iter_mut().zip(&c.v[j * kv_dim + c.head * hd..][..hd]) {
+            *o += w * vv;
         }
-        let mut sum = 0.0;
-        for s in sc.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+    }
+}
+
+/// `e^x` on 16 lanes (x ≤ 0 here; below -87 it flushes towards 0): `2^(x·log2 e)` split into an
+/// integer power (`vscalefps`) and `2^f`, |f| ≤ 0.5, by its degree-7 Taylor polynomial (relative
+/// error under 1e-7, below f32 rounding of the scores).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const C: [f32; 8] = [
+        1.0,
+        std::f32::consts::LN_2,
+        0.240_226_5,
+        0.055_504_11,
+        0.009_618_129,
+        0.001_333_355,
+        1.540_353e-4,
+        1.525_273e-5,
+    ];
+    let t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm512_sub_ps(t, n);
+    let mut p = _mm512_set1_ps(C[7]);
+    for &c in C[..7].iter().rev() {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// SAFETY (callers): AVX-512 F present; `q.len()` a multiple of 16 and at most 128; the bounds
+/// checked in `attend`; `sc.len()` = `n` rounded up to 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    let kv_dim = c.n_kv * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // SAFETY (whole body): key blocks `0..ceil(n / 16)` and value rows `0..n` are inside the
+    // cache (checked by `attend`); `q`, `out` have `hd` elements and `sc` 16 per key block.
+    unsafe {
+        // Scores of 16 positions at a time: lane i = position 16b + i; 4 chains for the FMA latency.
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for b in 0..n.div_ceil(KEY_BLOCK) {
+            let base = c.k.as_ptr().add((b * c.n_kv + c.head) * hd * KEY_BLOCK);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for d in (0..hd).step_by(4) {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let kd = _mm512_loadu_ps(base.add((d + i) * KEY_BLOCK));
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(d + i)), kd, *acc);
+                }
+            }
+            let mut s = _mm512_mul_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])),
+                _mm512_set1_ps(scale),
+            );
+            let valid = n - b * KEY_BLOCK;
+            if valid < KEY_BLOCK {
+                let keep: __mmask16 = ((1u32 << valid) - 1) as __mmask16;
+                s = _mm512_mask_blend_ps(keep, _mm512_set1_ps(f32::NEG_INFINITY), s);
+            }
+            vmax = _mm512_max_ps(vmax, s);
+            _mm512_storeu_ps(sc.as_mut_ptr().add(b * KEY_BLOCK), s);
         }
-        out.fill(0.0);
-        for (j, &p) in sc.iter().enumerate() {
-            let w = p / sum;
-            for (o, &vv) in out.iter_mut().zip(&v[j * kv_dim + off..][..hd]) {
-                *o += w * vv;
+        let vmax = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+        let mut vsum = _mm512_setzero_ps();
+        for b in 0..n.div_ceil(KEY_BLOCK) {
+            let p = sc.as_mut_ptr().add(b * KEY_BLOCK);
+            let mut e = exp512(_mm512_sub_ps(_mm512_loadu_ps(p), vmax));
+            let valid = n - b * KEY_BLOCK;
+            if valid < KEY_BLOCK {
+                e = _mm512_maskz_mov_ps(((1u32 << valid) - 1) as __mmask16, e);
+            }
+            vsum = _mm512_add_ps(vsum, e);
+            _mm512_storeu_ps(p, e);
+        }
+        let inv = 1.0 / _mm512_reduce_add_ps(vsum);
+        let regs = hd / 16;
+        let mut o = [_mm512_setzero_ps(); 8];
+        for (j, &p) in sc[..n].iter().enumerate() {
+            let w = _mm512_set1_ps(p * inv);
+            let vp = c.v.as_ptr().add(j * kv_dim + c.head * hd);
+            for (r, o) in o.iter_mut().enumerate().take(regs) {
+                *o = _mm512_fmadd_ps(w, _mm512_loadu_ps(vp.add(16 * r)), *o);
             }
         }
-    });
+        for (r, o) in o.iter().enumerate().take(regs) {
+            _mm512_storeu_ps(out.as_mut_ptr().add(16 * r), *o);
+        }
+    }
 }
 
 /// Dot product with 16 independent partial sums (vectorizes).
@@ -495,5 +636,71 @@ impl<'a> Out<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::Rng;
+
+    /// Attention written the plain way: softmax(q·k / √d) · v over row-major keys.
+    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>]) -> Vec<f32> {
+        let s: Vec<f64> = keys
+            .iter()
+            .map(|k| q.iter().zip(k).map(|(a, b)| (a * b) as f64).sum::<f64>() / (q.len() as f64).sqrt())
+            .collect();
+        let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        (0..q.len()).map(|d| e.iter().zip(values).map(|(p, v)| p / z * v[d] as f64).sum::<f64>() as f32).collect()
+    }
+
+    #[test]
+    fn attention_kernels_match_the_reference_on_odd_lengths() {
+        let mut rng = Rng::new(5);
+        let mut r = || rng.next_f64() as f32 * 2.0 - 1.0;
+        let (n_kv, hd) = (3, 64);
+        for n in [1usize, 2, 15, 16, 17, 45] {
+            let keys: Vec<Vec<Vec<f32>>> =
+                (0..n).map(|_| (0..n_kv).map(|_| (0..hd).map(|_| r() * 3.0).collect()).collect()).collect();
+            let vals: Vec<Vec<Vec<f32>>> =
+                (0..n).map(|_| (0..n_kv).map(|_| (0..hd).map(|_| r()).collect()).collect()).collect();
+            let mut kc = vec![0f32; n.div_ceil(KEY_BLOCK) * KEY_BLOCK * n_kv * hd];
+            let mut vc = Vec::new();
+            for pos in 0..n {
+                for h in 0..n_kv {
+                    for d in 0..hd {
+                        kc[key_index(pos, h, d, n_kv, hd)] = keys[pos][h][d];
+                    }
+                    vc.extend_from_slice(&vals[pos][h]);
+                }
+            }
+            let q: Vec<f32> = (0..hd).map(|_| r()).collect();
+            for head in 0..n_kv {
+                let want = reference(
+                    &q,
+                    &keys.iter().map(|k| k[head].clone()).collect::<Vec<_>>(),
+                    &vals.iter().map(|v| v[head].clone()).collect::<Vec<_>>(),
+                );
+                let cache = KvView { k: &kc, v: &vc, n_kv, head };
+                for kernel in [Kernel::Scalar, Kernel::detect()] {
+                    let mut out = vec![0f32; hd];
+                    attend(kernel, &q, &cache, n, &mut out);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{kernel:?}, n {n}, head {head}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_normalises() {
+        let x = [3.0f32, -4.0];
+        let mut out = [0f32; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - -8.0 / rms).abs() < 1e-6);
     }
 }
