@@ -73,3 +73,11 @@ pub enum LlmError {
 
 /// Result alias of this crate.
 pub type Result<T, E = LlmError> = std::result::Result<T, E>;
+
+// The model is shared by sessions on any thread; a session may move to another thread.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
+    shared::<Llm>();
+    movable::<Session<'static>>();
+};
