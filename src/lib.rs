@@ -14,6 +14,7 @@
 
 pub use ecr_data as data;
 pub use ecr_engine::*;
+pub use ecr_llm as llm;
 pub use ecr_neural as neural;
 pub use ecr_plugins::respond;
 pub use ecr_plugins::{register_builtins, registry};

@@ -37,6 +37,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 300)]
         turns: usize,
     },
+    /// Prompt and generation tokens/s of our decoder and candle's quantized_llama (re-quantized to
+    /// Q4_0) on the same prompts in one run, beside the llama.cpp anchors.
+    Generate {
+        /// The GGUF model.
+        #[arg(long, default_value = "models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf")]
+        model: PathBuf,
+        /// Threads of our decoder (default: all cores; candle uses RAYON_NUM_THREADS).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// New tokens per measurement.
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        /// Rounds per measurement (the best is reported).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Run candle on the Q4_1 weights as shipped instead of re-quantizing them to Q4_0.
+        #[arg(long)]
+        candle_q4_1: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run a benchmark.
@@ -48,6 +70,17 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let report = ecr::respond::bench::bench_retrieve(&ecr::respond::RetrieverConfig::default(), &ctx, &opts)
                 .map_err(|e| anyhow::anyhow!(e))?;
             println!("{report}");
+            Ok(())
+        }
+        BenchCommand::Generate { model, threads, tokens, rounds, candle_q4_1, json } => {
+            let opts =
+                ecr::llm::bench::BenchOptions { model, threads, gen_tokens: tokens, rounds, candle_q4_0: !candle_q4_1 };
+            let report = ecr::llm::bench::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         BenchCommand::Encoder { model_dir, texts, batch_size, rounds } => {
