@@ -18,6 +18,7 @@ pub fn register_builtins(registry: &mut Registry) -> Result<(), ecr_engine::regi
     registry.register(ecr_neural::recommend::stage::RecommenderFactory)?;
     registry.register(ecr_respond::RetrieverFactory)?;
     registry.register(ecr_respond::PromptBuilderFactory)?;
+    registry.register(ecr_respond::GeneratorFactory)?;
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 //! instance's loss by the weight of its gold item. A Lua script with
 //! `weight(item, feedback, emotions)` (hook `"weight"`) can replace it.
 
-use ecr_engine::{BoxError, BuildContext, ConfigIssue, Feedback, Field, Stage, StageFactory, StageIo, Turn, TurnContext};
+use ecr_engine::{
+    BoxError, BuildContext, ConfigIssue, Feedback, Field, Stage, StageFactory, StageIo, Turn, TurnContext,
+};
 use serde::{Deserialize, Serialize};
 
 /// Configuration of `feedback_mapping`: the weight of each feedback.

@@ -187,7 +187,8 @@ impl Trainable for GlobalTrainer {
         if !file.is_file() {
             return Ok(TrainStatus::Missing(format!("no {}", file.display())));
         }
-        let Some(was) = std::fs::read_to_string(self.record()).ok().and_then(|t| serde_json::from_str::<TrainedFrom>(&t).ok())
+        let Some(was) =
+            std::fs::read_to_string(self.record()).ok().and_then(|t| serde_json::from_str::<TrainedFrom>(&t).ok())
         else {
             return Ok(TrainStatus::Stale(format!("{} is missing", self.record().display())));
         };

@@ -9,11 +9,12 @@
 //! * [`prompt`]: the prompt builder (template, chat format, token budget).
 //! * [`metrics`]: Dist-n, BLEU-n, length, movie naming, factual consistency; response records.
 //! * [`bench`]: build/reload times of the database and retrieval latency per turn.
-//! * [`stage`]: the `retriever` and `prompt_builder` stages.
+//! * [`stage`]: the `retriever` and `prompt_builder` stages; [`generate`]: the `generator` stage.
 pub mod bench;
 pub mod clean;
 pub mod emotion;
 pub mod error;
+pub mod generate;
 pub mod knowledge;
 pub mod metrics;
 pub mod prompt;
@@ -22,6 +23,7 @@ pub mod reviewdb;
 pub mod stage;
 
 pub use error::{RespondError, Result};
+pub use generate::{GeneratorConfig, GeneratorFactory, LlmKey};
 pub use knowledge::KnowledgeIndex;
 pub use metrics::{FactChecker, ResponseMetrics, ResponseRecord};
 pub use prompt::{EstimateCounter, Prompt, PromptBuilder, PromptConfig, PromptInput, TokenCounter};

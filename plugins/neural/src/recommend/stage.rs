@@ -261,8 +261,11 @@ impl StageFactory for RecommenderFactory {
     }
 
     fn io(&self, _c: &Self::Config) -> StageIo {
-        StageIo::new([Field::History, Field::UserText, Field::UserEntities], [Field::Candidates, Field::Ext("explain".into())])
-            .with_optional([Field::LocalEmotions, Field::GlobalEntities, Field::Feedback])
+        StageIo::new(
+            [Field::History, Field::UserText, Field::UserEntities],
+            [Field::Candidates, Field::Ext("explain".into())],
+        )
+        .with_optional([Field::LocalEmotions, Field::GlobalEntities, Field::Feedback])
     }
 
     fn check(&self, c: &Self::Config, _ctx: &BuildContext) -> Vec<ConfigIssue> {

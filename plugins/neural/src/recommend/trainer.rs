@@ -20,7 +20,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use ecr_data::linker::at_mentions;
 use ecr_data::replay::{RedialSplits, script};
-use ecr_data::{Conversation, kg::link_movies, keys::CatalogueKey};
+use ecr_data::{Conversation, keys::CatalogueKey, kg::link_movies};
 use ecr_engine::{
     BoxError, BuildContext, EvalReport, Fingerprint, ItemFeedback, Role, TrainContext, TrainReport, TrainStatus,
     Trainable, Utterance,
@@ -76,7 +76,11 @@ impl RecTrainer {
     }
 
     /// The gold turns of `convs` from their replayed turns.
-    fn gold_turns(convs: &[Conversation], replayed: &[Vec<ecr_engine::Turn>], movie_entity: &HashMap<u32, u32>) -> Vec<GoldTurn> {
+    fn gold_turns(
+        convs: &[Conversation],
+        replayed: &[Vec<ecr_engine::Turn>],
+        movie_entity: &HashMap<u32, u32>,
+    ) -> Vec<GoldTurn> {
         let mut out = Vec::new();
         for (conv, turns) in convs.iter().zip(replayed) {
             let (utterances, _) = script(conv);
@@ -99,8 +103,10 @@ impl RecTrainer {
                         }
                         let Some(turn) = turns.get(seekers - 1) else { continue };
                         let mut turn = turn.clone();
-                        turn.feedback =
-                            gold.iter().map(|&(item, feedback)| ItemFeedback { item, feedback, weight: None }).collect();
+                        turn.feedback = gold
+                            .iter()
+                            .map(|&(item, feedback)| ItemFeedback { item, feedback, weight: None })
+                            .collect();
                         out.push(GoldTurn { turn, gold });
                     }
                 }
@@ -128,7 +134,8 @@ impl RecTrainer {
         let parts_of = |convs: &[Conversation], from: usize| -> Vec<GoldTurn> {
             Self::gold_turns(convs, &replayed[from..from + convs.len()], &movie_entity)
         };
-        let mut gold = [parts_of(&splits.train, 0), parts_of(&splits.valid, n_train), parts_of(&splits.test, n_train + n_valid)];
+        let mut gold =
+            [parts_of(&splits.train, 0), parts_of(&splits.valid, n_train), parts_of(&splits.test, n_train + n_valid)];
         for g in &mut gold {
             let mut turns: Vec<ecr_engine::Turn> = g.iter_mut().map(|x| std::mem::take(&mut x.turn)).collect();
             cx.run_rest(&mut turns)?;
@@ -143,11 +150,18 @@ impl RecTrainer {
         Ok(Data { train: ex(&gold[0]), valid: ex(&gold[1]), test: ex(&gold[2]), reweighted })
     }
 
-    fn text_table(parts: &mut RecommenderParts, splits: &[&SplitExamples], progress: bool) -> Result<TextTable, BoxError> {
+    fn text_table(
+        parts: &mut RecommenderParts,
+        splits: &[&SplitExamples],
+        progress: bool,
+    ) -> Result<TextTable, BoxError> {
         let device = Device::Cpu;
         Ok(match &parts.encoder {
             Some(enc) => TextTable::build(enc, parts.cache.as_mut(), splits, &device, progress)?,
-            None => TextTable { table: candle_core::Tensor::zeros((1, 384), candle_core::DType::F32, &device)?, rows: HashMap::new() },
+            None => TextTable {
+                table: candle_core::Tensor::zeros((1, 384), candle_core::DType::F32, &device)?,
+                rows: HashMap::new(),
+            },
         })
     }
 
@@ -188,10 +202,22 @@ impl RecTrainer {
 
 /// A table of the headline metrics of `m` (and its baselines), both protocols.
 pub fn metrics_table(m: &serde_json::Value) -> String {
-    let keys = ["recall@1", "recall@10", "recall@50", "recall_true@10", "recall_true@50", "auc", "auc_global", "ndcg@10", "mrr@10"];
+    let keys = [
+        "recall@1",
+        "recall@10",
+        "recall@50",
+        "recall_true@10",
+        "recall_true@50",
+        "auc",
+        "auc_global",
+        "ndcg@10",
+        "mrr@10",
+    ];
     let row = |name: &str, v: &serde_json::Value, prefix: &str| {
-        let cells: Vec<String> =
-            keys.iter().map(|k| v.get(format!("{prefix}{k}")).and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.4}"))).collect();
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| v.get(format!("{prefix}{k}")).and_then(|x| x.as_f64()).map_or("-".into(), |x| format!("{x:.4}")))
+            .collect();
         format!("{name:<22} {}", cells.join("  "))
     };
     let mut out = format!("{:<22} {}\n", "", keys.join("  "));
@@ -231,7 +257,11 @@ impl Trainable for RecTrainer {
         if was.train != serde_json::to_value(&self.config.train)? {
             why.push("the training configuration changed".to_string());
         }
-        Ok(if why.is_empty() { TrainStatus::UpToDate(format!("checkpoint {}", dir.display())) } else { TrainStatus::Stale(why.join("; ")) })
+        Ok(if why.is_empty() {
+            TrainStatus::UpToDate(format!("checkpoint {}", dir.display()))
+        } else {
+            TrainStatus::Stale(why.join("; "))
+        })
     }
 
     fn fingerprint(&self) -> Option<String> {
@@ -265,7 +295,8 @@ impl Trainable for RecTrainer {
         };
         let fit_report = fit(&vm, &mut objective, &fc, "recommender", cx.options.progress)?;
         let mut meta = self.expected(&parts)?;
-        meta.info = serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
+        meta.info =
+            serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
         let dir = self.dir();
         checkpoint::save(&dir, &vm, &meta)?;
         let metrics = Self::test_metrics(&model, &data, &text)?;
