@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-const RECIPE: &str = "recipes/ecr-quick.toml";
+/// The reading half of ECR (linker + quick tagger): the recommender and generator have tests of their own.
+const RECIPE: &str = "recipes/ecr-quick-reading.toml";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,7 +60,7 @@ fn training_a_trained_recipe_again_returns_at_once_and_says_so() {
     let out = ecr(&["train", "-r", RECIPE, "--stage", "link"], "");
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("has nothing to train; trainable stages of recipe \"ecr-quick\": \"emotion\""),
+        text(&out).contains("has nothing to train; trainable stages of recipe \"ecr-quick-reading\": \"emotion\""),
         "{}",
         text(&out)
     );
@@ -70,7 +71,7 @@ fn a_checkpoint_trained_with_another_config_is_refused_naming_the_key() {
     trained();
     let dir = std::env::temp_dir().join(format!("ecr-pipeline-other-{}", std::process::id())).join("recipes");
     std::fs::create_dir_all(&dir).unwrap();
-    let quick = root().join("recipes/ecr-quick.toml");
+    let quick = root().join(RECIPE);
     let checkpoint = root().join("runs/ecr-quick/emotion");
     std::fs::write(
         dir.join("other.toml"),
@@ -166,7 +167,10 @@ fn the_demo_replays_a_real_redial_dialogue() {
     let out = ecr(&["demo", "-r", RECIPE], "");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("Replaying ReDial test conversation 20048 (17 messages) through recipe \"ecr-quick\""), "{t}");
+    assert!(
+        t.contains("Replaying ReDial test conversation 20048 (17 messages) through recipe \"ecr-quick-reading\""),
+        "{t}"
+    );
     assert!(t.contains("seeker> i watched Iron Man 2 (2010) and a liked it"), "{t}");
     assert!(t.contains("entities: Iron Man 2 (2010) [Movie #"), "{t}");
     assert!(t.contains("recommender (ReDial)> Or Cabin by the Lake (2000)"), "{t}");

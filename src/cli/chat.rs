@@ -134,14 +134,65 @@ pub fn explain(o: &TurnOutput) -> String {
         None => s.push_str("   emotions: not tagged\n"),
     }
     if !o.turn.candidates.is_empty() {
-        let c: Vec<String> = o.turn.candidates.iter().take(5).map(|c| format!("{} ({:.2})", c.name, c.score)).collect();
-        s.push_str(&format!("   candidates: {}\n", c.join(", ")));
+        s.push_str("   top items:\n");
+        for c in o.turn.candidates.iter().take(5) {
+            s.push_str(&format!("     {:<45} {:.3}\n", c.name, c.score));
+        }
     }
-    for (k, v) in &o.turn.ext {
+    if let Some(x) = o.turn.ext.get("explain") {
+        s.push_str(&why(x));
+    }
+    for p in &o.turn.passages {
+        s.push_str(&format!("   passage ({}): {}\n", p.source, p.text));
+    }
+    for f in &o.turn.facts {
+        s.push_str(&format!("   fact: {} {} {}\n", f.head, f.relation, f.tail));
+    }
+    if let Some(p) = &o.turn.prompt {
+        s.push_str("   prompt:\n");
+        for line in p.lines() {
+            s.push_str(&format!("     | {line}\n"));
+        }
+    }
+    for (k, v) in o.turn.ext.iter().filter(|(k, _)| k.as_str() != "explain") {
         s.push_str(&format!("   ext.{k}: {v}\n"));
     }
     let timings: Vec<String> =
         o.trace.iter().map(|t| format!("{} {:.2}ms", t.stage, t.duration.as_secs_f64() * 1e3)).collect();
     s.push_str(&format!("   stages: {}\n", timings.join(", ")));
+    s
+}
+
+/// Why the recommender ranked as it did: the context entities with the most
+/// attention (and the user's emotions towards them), and the local/global shares.
+fn why(x: &serde_json::Value) -> String {
+    let mut slots: Vec<(f64, String)> = x["slots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let att =
+                        s["local_attention"].as_f64().unwrap_or(0.0) + s["global_attention"].as_f64().unwrap_or(0.0);
+                    let emo: Vec<String> = s["emotions"]
+                        .as_array()
+                        .map(|e| {
+                            e.iter().filter_map(|p| Some(format!("{} {:.2}", p[0].as_str()?, p[1].as_f64()?))).collect()
+                        })
+                        .unwrap_or_default();
+                    let emo = if emo.is_empty() { String::new() } else { format!(" (felt: {})", emo.join(", ")) };
+                    (att, format!("{}{emo}", s["name"].as_str().unwrap_or("?")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    slots.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let top: Vec<String> = slots.iter().take(3).map(|(a, n)| format!("{n} {:.0}%", a * 100.0)).collect();
+    let mut s = String::new();
+    if !top.is_empty() {
+        s.push_str(&format!("   why: attention on {}\n", top.join("; ")));
+    }
+    if let (Some(l), Some(g)) = (x["local_share"].as_f64(), x["global_share"].as_f64()) {
+        s.push_str(&format!("   branches: local {:.0}%, global {:.0}%\n", l * 100.0, g * 100.0));
+    }
     s
 }
