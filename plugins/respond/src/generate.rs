@@ -122,6 +122,14 @@ impl StageFactory for GeneratorFactory {
         let llm = ctx.resources().get(&LlmKey::new(ctx.resolve(&config.model), &config.load))?;
         Ok(Box::new(GeneratorStage::new(llm, config.generate)))
     }
+
+    fn trainer(
+        &self,
+        config: Self::Config,
+        ctx: &BuildContext,
+    ) -> Result<Option<Box<dyn ecr_engine::Trainable>>, BoxError> {
+        Ok(Some(Box::new(ResponseEval::new(config, ctx))))
+    }
 }
 
 impl Stage for GeneratorStage {
@@ -150,4 +158,132 @@ impl Stage for GeneratorStage {
         turn.response = Some(format!("{prefix}{}", out.text));
         Ok(())
     }
+}
+
+/// `ecr eval --responses N` for the generator: nothing is trained (the base
+/// model, until an adapter is), and evaluation generates the responses of N
+/// ReDial test recommendation turns through the recipe's own upstream stages
+/// (recommender, retriever, prompt builder included) and scores them.
+pub struct ResponseEval {
+    config: GeneratorConfig,
+    ctx: BuildContext,
+}
+
+impl ResponseEval {
+    /// The evaluator of the stage configured by `config` in `ctx`.
+    pub fn new(config: GeneratorConfig, ctx: &BuildContext) -> Self {
+        ResponseEval { config, ctx: ctx.clone() }
+    }
+}
+
+impl ecr_engine::Trainable for ResponseEval {
+    fn status(&self, _upstream: &str) -> Result<ecr_engine::TrainStatus, BoxError> {
+        Ok(ecr_engine::TrainStatus::UpToDate("nothing to train: the base model, prompted".into()))
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(self.config.model.clone())
+    }
+
+    fn train(&self, _cx: &ecr_engine::TrainContext<'_>) -> Result<ecr_engine::TrainReport, BoxError> {
+        Ok(ecr_engine::TrainReport { summary: "nothing to train".into(), metrics: serde_json::Value::Null })
+    }
+
+    fn evaluate(&self, cx: &ecr_engine::TrainContext<'_>) -> Result<ecr_engine::EvalReport, BoxError> {
+        use crate::metrics::{FactChecker, RecommendedMovie, ResponseRecord, write_jsonl, write_markdown_sample};
+        use ecr_data::keys::{CatalogueKey, KgKey, LinkerKey};
+        let n = cx.options.responses.unwrap_or(50);
+        let dir = self.ctx.data_dir()?;
+        let splits = ecr_data::replay::RedialSplits::load(&dir)?;
+        let kg = self.ctx.resources().get(&KgKey(dir.clone()))?;
+        let catalogue = self.ctx.resources().get(&CatalogueKey(dir.clone()))?;
+        let linker = self.ctx.resources().get(&LinkerKey { dir, options: Default::default() })?;
+        let movie_entity: std::collections::HashMap<u32, u32> =
+            ecr_data::kg::link_movies(&catalogue, &kg).into_iter().map(|(m, (e, _))| (m, e)).collect();
+        // The same replay (and cache) as the recommender's trainer: train, valid, test.
+        let all: Vec<&ecr_data::Conversation> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+        let scripts: Vec<Vec<ecr_engine::Utterance>> = all.iter().map(|c| ecr_data::replay::script(c).0).collect();
+        let replayed = cx.replay_shaping(&scripts, &splits.fingerprint, &mut |_, _| {})?;
+        let from = splits.train.len() + splits.valid.len();
+        let gold =
+            ecr_neural::recommend::trainer::RecTrainer::gold_turns(&splits.test, &replayed[from..], &movie_entity);
+        let mut chosen: Vec<_> = gold.into_iter().take(n).collect();
+        let mut turns: Vec<Turn> = chosen.iter_mut().map(|g| std::mem::take(&mut g.turn)).collect();
+        // The gold feedback is training knowledge: the response turn does not see it.
+        turns.iter_mut().for_each(|t| t.feedback.clear());
+        cx.run_rest(&mut turns)?;
+        let llm = self.ctx.resources().get(&LlmKey::new(self.ctx.resolve(&self.config.model), &self.config.load))?;
+        let stage = GeneratorStage::new(llm, self.config.generate.clone());
+        let bar = ecr_data::progress::bar(cx.options.progress, "generating responses");
+        bar.set_length(turns.len() as u64);
+        let mut records = Vec::new();
+        let golds = gold_responses(&splits.test, &linker, n);
+        let mut times = Vec::new();
+        for (i, t) in turns.iter_mut().enumerate() {
+            let start = std::time::Instant::now();
+            stage.run(t, &mut TurnContext::detached("generate"))?;
+            times.push(start.elapsed().as_secs_f64());
+            let write = |u: &ecr_engine::Utterance| linker.write_out_movies(&u.text);
+            records.push(ResponseRecord {
+                id: format!("test:{i}"),
+                context: t.history.iter().chain(std::iter::once(&t.user)).map(write).collect(),
+                movie: t.candidates.first().map(|c| RecommendedMovie { item: c.item, name: c.name.clone() }),
+                prompt: t.prompt.clone().unwrap_or_default(),
+                passages: t.passages.clone(),
+                facts: t.facts.clone(),
+                response: t.response.clone().unwrap_or_default(),
+                gold: golds.get(i).cloned().unwrap_or_default(),
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let index = crate::knowledge::KnowledgeIndex::new(&catalogue, &kg, &linker);
+        let m = FactChecker::new(&kg, &catalogue, &linker, &index).metrics(&records);
+        let out = self.ctx.stage_dir();
+        std::fs::create_dir_all(&out)?;
+        write_jsonl(&out.join("responses.jsonl"), &records)?;
+        write_markdown_sample(&out.join("responses_sample.md"), &records)?;
+        let mut metrics = serde_json::to_value(&m)?;
+        times.sort_by(f64::total_cmp);
+        let q = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+        metrics["generate_s_p50"] = q(0.5).into();
+        metrics["generate_s_p95"] = q(0.95).into();
+        Ok(ecr_engine::EvalReport {
+            text: format!(
+                "{} responses (written to {}): {}\ngeneration p50 {:.2} s, p95 {:.2} s",
+                records.len(),
+                out.join("responses.jsonl").display(),
+                serde_json::to_string(&m)?,
+                q(0.5),
+                q(0.95)
+            ),
+            metrics,
+        })
+    }
+}
+
+/// The gold responses of the first `n` test recommendation turns with a KG
+/// movie, in the order [`ecr_neural::recommend::trainer::RecTrainer::gold_turns`] yields them.
+fn gold_responses(test: &[ecr_data::Conversation], linker: &ecr_data::Linker, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for conv in test {
+        let (utterances, _) = ecr_data::replay::script(conv);
+        let mut seekers = 0;
+        for u in &utterances {
+            match u.role {
+                ecr_engine::Role::Seeker => seekers += 1,
+                ecr_engine::Role::Recommender if seekers > 0 => {
+                    let gold = ecr_data::linker::at_mentions(&u.text, |m| linker.movie_entity(m).is_some());
+                    if !gold.is_empty() {
+                        out.push(linker.write_out_movies(&u.text));
+                        if out.len() == n {
+                            return out;
+                        }
+                    }
+                }
+                ecr_engine::Role::Recommender => {}
+            }
+        }
+    }
+    out
 }

@@ -75,8 +75,11 @@ impl RecTrainer {
         Ok(expected_meta(&self.config, parts.branches, &items, &parts.kg, parts.encoder.as_ref().map(|e| e.id()))?)
     }
 
-    /// The gold turns of `convs` from their replayed turns.
-    fn gold_turns(
+    /// The gold turns of `convs` from their replayed turns: for each
+    /// recommender utterance naming catalogue movies that map into the KG
+    /// (`movie_entity`), the replayed seeker turn before it with the gold
+    /// items' questionnaire feedback in `turn.feedback`.
+    pub fn gold_turns(
         convs: &[Conversation],
         replayed: &[Vec<ecr_engine::Turn>],
         movie_entity: &HashMap<u32, u32>,
