@@ -330,6 +330,10 @@ impl Engine {
                 }
                 done += chunk.len();
                 progress(done);
+                // Long replays stay visible in logs (progress bars are hidden when stderr is no terminal).
+                if done / 2000 != (done - chunk.len()) / 2000 {
+                    tracing::info!(turns = done, "replay");
+                }
             }
         }
     }

@@ -2,6 +2,7 @@
 //! history utterances as context), writes `user.emotions`. It is trainable:
 //! [`crate::trainer::TaggerTrainer`] trains the checkpoint it loads.
 
+use crate::cache::EmbeddingCache;
 use crate::error::NeuralError;
 use crate::tagger::{EmotionTagger, TaggerInput};
 use crate::text::{MINILM_DIR, TextEncoderKey};
@@ -13,7 +14,7 @@ use ecr_engine::{
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Configuration of the emotion tagger (`[stages.<id>.with]`). Relative paths
 /// resolve against the recipe file that wrote them.
@@ -129,7 +130,13 @@ impl StageFactory for EmotionTaggerFactory {
             format!("{e} (stage {:?}: `ecr train -r {}` trains it)", ctx.stage_id(), ctx.recipe_path().display())
         })?;
         let titles = ctx.resources().get(&MovieTitlesKey(ctx.data_dir()?))?;
-        Ok(Box::new(EmotionTaggerStage { tagger, titles, threshold: config.threshold as f32 }))
+        Ok(Box::new(EmotionTaggerStage {
+            tagger,
+            titles,
+            threshold: config.threshold as f32,
+            cache_dir: ctx.resolve(&config.cache_dir),
+            batch_cache: Mutex::new(None),
+        }))
     }
 
     fn trainer(&self, config: Self::Config, ctx: &BuildContext) -> Result<Option<Box<dyn Trainable>>, BoxError> {
@@ -142,13 +149,17 @@ pub struct EmotionTaggerStage {
     tagger: EmotionTagger,
     titles: Arc<MovieTitles>,
     threshold: f32,
+    cache_dir: PathBuf,
+    /// The on-disk embedding cache, opened on the first batch: used for
+    /// replays of a dataset, not for live turns (users' texts are not stored).
+    batch_cache: Mutex<Option<EmbeddingCache>>,
 }
 
 impl EmotionTaggerStage {
-    fn tag(&self, turns: &mut [Turn]) -> Result<(), BoxError> {
+    fn tag(&self, turns: &mut [Turn], cache: Option<&mut EmbeddingCache>) -> Result<(), BoxError> {
         let inputs: Vec<TaggerInput> =
             turns.iter().map(|t| tagger_input(&t.history, &t.user.text, &self.titles)).collect();
-        let dists = self.tagger.predict(&inputs, None)?;
+        let dists = self.tagger.predict(&inputs, cache)?;
         if dists.len() != turns.len() {
             return Err(NeuralError::Invalid("the tagger returned the wrong number of distributions".into()).into());
         }
@@ -162,14 +173,18 @@ impl EmotionTaggerStage {
 impl Stage for EmotionTaggerStage {
     fn run(&self, turn: &mut Turn, _cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
         let _span = tracing::debug_span!("emotion_tagger").entered();
-        self.tag(std::slice::from_mut(turn))
+        self.tag(std::slice::from_mut(turn), None)
     }
 
     /// Many turns at once: one batched encoder pass per 64 turns.
     fn run_batch(&self, turns: &mut [Turn], cx: &mut TurnContext<'_>) -> Result<(), BoxError> {
+        let mut guard = self.batch_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(EmbeddingCache::for_encoder(&self.cache_dir, self.tagger.encoder())?);
+        }
         for chunk in turns.chunks_mut(64) {
             cx.check_cancelled()?;
-            self.tag(chunk)?;
+            self.tag(chunk, guard.as_mut())?;
         }
         Ok(())
     }
