@@ -61,11 +61,11 @@ pub struct EmotionMetrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// The labels ranked by decreasing probability (ties keep label order).
+/// The labels' indices ranked by decreasing probability (ties keep label
+/// order): [`ecr_engine::EmotionDist::ranked`], as indices.
 pub fn ranking(p: &[f32; N]) -> [usize; N] {
-    let mut idx: [usize; N] = std::array::from_fn(|i| i);
-    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-    idx
+    let ranked = ecr_engine::EmotionDist(*p).ranked();
+    std::array::from_fn(|i| ranked[i].0.index())
 }
 
 /// The predicted label set: the top label, plus the second if its probability is above `threshold`.
