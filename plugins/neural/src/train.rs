@@ -134,18 +134,10 @@ pub fn input_of(a: &Annotation) -> TaggerInput {
     TaggerInput { utterance: a.utterance.clone(), context: a.context.clone() }
 }
 
-/// The soft target of ordered gold labels.
+/// The soft target of ordered gold labels: the data layer's one label list →
+/// distribution rule ([`ecr_data::emotion_source::labels_to_dist`]).
 pub fn target(labels: &[Emotion], primary: f32) -> [f32; N_LABELS] {
-    let mut t = [0.0; N_LABELS];
-    match labels {
-        [] => {}
-        [a] => t[a.index()] = 1.0,
-        [a, b, ..] => {
-            t[b.index()] += 1.0 - primary;
-            t[a.index()] += primary;
-        }
-    }
-    t
+    ecr_data::emotion_source::labels_to_dist(labels, primary).0
 }
 
 /// Whether a conversation goes to the held-out part (a stable hash of its id).
