@@ -8,7 +8,8 @@ use clap::Args;
 use ecr::data::{Conversation, load_conversations};
 use ecr::lua::{LuaLimits, LuaWeightFn};
 use ecr::train::{JobOptions, TrainOptions, recipe_status, train_recipe};
-use ecr::{Engine, Feedback, Recipe, Role};
+use ecr::{Engine, Event, Feedback, Recipe, Role, TurnOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -55,7 +56,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         match u.role {
             Role::Seeker => {
                 println!("seeker> {shown}");
-                match session.turn(&u.text) {
+                // The response streams as it is generated; what the engine read follows.
+                let mut streamed = false;
+                let result = session.turn_with(&u.text, &TurnOptions::default(), |e| {
+                    if let Event::Token { text } = &e.event {
+                        if !streamed {
+                            print!("ecr> ");
+                            streamed = true;
+                        }
+                        print!("{text}");
+                        let _ = std::io::stdout().flush();
+                    }
+                });
+                if streamed {
+                    println!();
+                }
+                match result {
                     Ok(out) => print!("{}", explain(&out)),
                     Err(e) => println!("   error: {e}"),
                 }
