@@ -107,7 +107,9 @@ impl TaggerTrainer {
     }
 
     fn encoder_identity(&self) -> String {
+        // Canonical: the same encoder reached through another relative path is the same encoder.
         let dir = self.ctx.resolve(&self.config.model_dir);
+        let dir = dir.canonicalize().unwrap_or(dir);
         let size = std::fs::metadata(dir.join("model.safetensors")).map_or(0, |m| m.len());
         format!("{}:{size}", dir.display())
     }
@@ -115,6 +117,7 @@ impl TaggerTrainer {
     /// What training now would be trained from.
     fn current(&self, config: &TrainConfig) -> Result<TrainedFrom, BoxError> {
         let annotations = self.annotations_path()?;
+        let annotations = annotations.canonicalize().unwrap_or(annotations);
         Ok(TrainedFrom {
             config: serde_json::to_value(config)?,
             annotations_fingerprint: Fingerprint::new().file(&annotations)?.hex(),
