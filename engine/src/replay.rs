@@ -108,7 +108,8 @@ pub fn replay_shaping(
     let split = shaping_stages(engine);
     let total: usize = scripts.iter().flatten().filter(|u| u.role == crate::turn::Role::Seeker).count();
     if split == 0 {
-        return Ok(scripts.iter().map(|s| replay_identity(s)).collect());
+        // Nothing shapes the dialogue: the turns are the scripts themselves, nothing to cache.
+        return engine.replay_range(scripts, 64, 0..0, &mut |n| progress(n, total));
     }
     let prefix_fp = key.stage_fingerprints.get(split - 1).cloned().unwrap_or_default();
     let name = Fingerprint::new().str(&prefix_fp).str(key.data).str(&scripts.len().to_string()).hex();
@@ -146,21 +147,6 @@ pub fn replay_cached(
     run_rest(engine, &mut flat)?;
     let mut it = flat.into_iter();
     Ok(lens.iter().map(|&n| it.by_ref().take(n).collect()).collect())
-}
-
-/// A dialogue's seeker turns with nothing run (an engine with no dialogue-shaping stage).
-fn replay_identity(script: &[Utterance]) -> Vec<Turn> {
-    let mut history = Vec::new();
-    let mut out = Vec::new();
-    for u in script {
-        if u.role == crate::turn::Role::Seeker {
-            let mut t = Turn::new(history.clone(), u.text.clone());
-            t.user = u.clone();
-            out.push(t);
-        }
-        history.push(u.clone());
-    }
-    out
 }
 
 fn read(path: &Path, n: usize) -> Option<Vec<Vec<Turn>>> {

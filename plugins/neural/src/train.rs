@@ -207,20 +207,6 @@ pub fn train_tagger(
     Ok((tagger, report))
 }
 
-fn bar(progress: bool, len: usize, what: &str) -> indicatif::ProgressBar {
-    if !progress {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new(len as u64);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:40}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}] {{msg}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    b
-}
-
 /// Soft targets `(n, 9)` of annotations.
 fn targets_of(v: &[&Annotation], primary: f32) -> Result<Tensor> {
     let flat: Vec<f32> = v.iter().flat_map(|a| target(&a.labels, primary)).collect();
@@ -306,7 +292,7 @@ fn finetune(
     };
     let epochs = config.epochs();
     let total = epochs * train.len().div_ceil(config.batch_size);
-    let pb = bar(progress, total, "fine-tuning");
+    let pb = crate::fit::progress_bar(progress, total, "fine-tuning");
     let lengths: Vec<usize> = train.iter().map(|a| tok.token_count(&a.utterance)).collect::<Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..train.len()).collect();
     // (held-out Recall@2, held-out loss, epoch, encoder weights, head weights) of the best epoch.
