@@ -301,6 +301,24 @@ pub fn train_recipe(recipe: &Recipe, options: &TrainOptions) -> Result<Vec<Train
     Ok(outcomes)
 }
 
+/// The fingerprint of the trainable stage `id` of `recipe` and of everything
+/// before it: the ids, kinds, resolved configurations and trained artefacts of
+/// the enabled stages up to and including it. It changes whenever an edit or a
+/// retraining changes what the stage computes, so results derived from the
+/// stage (`ecr compare`'s per-seed metrics) can be cached under it.
+pub fn stage_fingerprint(recipe: &Recipe, id: &str) -> Result<String, EngineError> {
+    let jobs = trainers(recipe)?;
+    let job = pick(recipe, &jobs, id)?;
+    let s = &recipe.stages()[job.index];
+    Ok(Fingerprint::new()
+        .str(&upstream_fingerprint(recipe, &jobs, job.index))
+        .str(&s.id)
+        .str(&s.use_name)
+        .str(&s.config().to_string())
+        .str(&job.trainer.fingerprint().unwrap_or_default())
+        .hex())
+}
+
 /// The training status of every trainable enabled stage, in pipeline order.
 pub fn recipe_status(recipe: &Recipe) -> Result<Vec<(String, TrainStatus)>, EngineError> {
     let jobs = trainers(recipe)?;

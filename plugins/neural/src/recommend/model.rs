@@ -7,31 +7,31 @@
 //! Branches the recipe does not provide are not created (see [`Branches`]).
 
 use super::features::{Features, PAD_EMOTION};
+use super::sparse::{Segments, SparseMatrix};
 use super::{Branches, ModelConfig};
 use crate::error::Result;
 use crate::fit::{Linear, Params};
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::ops::softmax_last_dim;
 use ecr_data::Kg;
 use std::collections::{BTreeMap, HashMap};
 
-/// The KG as index tensors for the R-GCN: every triple in both directions
-/// (deduplicated), grouped by (relation, target) pairs.
+/// The KG as the R-GCN's operands: every triple in both directions
+/// (deduplicated), grouped by (relation, target) pairs sorted by relation.
+/// `gather` `(pairs, N)` averages each pair's source rows, `segments` gives
+/// each relation's pairs their weight, and `scatter` `(N, pairs)` sums the
+/// pairs of each target.
 pub struct KgGraph {
     n: usize,
     relations: usize,
-    src: Tensor,
-    pair_of_edge: Tensor,
-    norm: Tensor,
-    pair_target: Tensor,
-    /// Per relation: (first pair, pair count); pairs are sorted by relation.
-    ranges: Vec<(usize, usize)>,
-    n_pairs: usize,
+    gather: SparseMatrix,
+    segments: Segments,
+    scatter: SparseMatrix,
 }
 
 impl KgGraph {
-    /// Index tensors of `kg` on `device`.
-    pub fn new(kg: &Kg, device: &Device) -> Result<Self> {
+    /// The graph of `kg`.
+    pub fn new(kg: &Kg) -> Self {
         let n = kg.len();
         let relations = kg.relations.len().max(1);
         let mut edges: Vec<(u16, u32, u32)> = Vec::new(); // (relation, target, source)
@@ -56,34 +56,30 @@ impl KgGraph {
         for &p in &pair_of {
             degree[p as usize] += 1;
         }
-        let norm: Vec<f32> = pair_of.iter().map(|&p| 1.0 / degree[p as usize] as f32).collect();
-        let mut ranges = vec![(0usize, 0usize); relations];
-        let mut targets = vec![0u32; pair_index.len()];
+        let mut spans: Vec<(usize, usize)> = Vec::new(); // (relation, pairs)
+        let mut scatter = Vec::with_capacity(pair_index.len());
         for (&(r, t), &p) in &pair_index {
-            targets[p] = t;
-            let e = &mut ranges[r as usize];
-            if e.1 == 0 {
-                e.0 = p;
+            scatter.push((t, p as u32, 1.0));
+            match spans.last_mut() {
+                Some(last) if last.0 == r as usize => last.1 += 1,
+                _ => spans.push((r as usize, 1)),
             }
-            e.1 += 1;
         }
-        let src: Vec<u32> = edges.iter().map(|e| e.2).collect();
-        let ne = src.len();
-        Ok(KgGraph {
+        let gather: Vec<(u32, u32, f32)> =
+            edges.iter().zip(&pair_of).map(|(e, &p)| (p, e.2, 1.0 / degree[p as usize] as f32)).collect();
+        let pairs = pair_index.len();
+        KgGraph {
             n,
             relations,
-            src: Tensor::from_vec(src, ne, device)?,
-            pair_of_edge: Tensor::from_vec(pair_of, ne, device)?,
-            norm: Tensor::from_vec(norm, (ne, 1), device)?,
-            n_pairs: targets.len(),
-            pair_target: Tensor::from_vec(targets.clone(), targets.len(), device)?,
-            ranges,
-        })
+            gather: SparseMatrix::new(pairs, n, &gather),
+            segments: Segments::new(&spans),
+            scatter: SparseMatrix::new(n, pairs, &scatter),
+        }
     }
 
     /// Number of directed edges.
     pub fn edges(&self) -> usize {
-        self.src.dims()[0]
+        self.gather.nnz()
     }
 }
 
@@ -91,12 +87,15 @@ impl KgGraph {
 pub struct Batch {
     b: usize,
     l: usize,
-    ids: Tensor,
+    /// Entity-table rows read by the batch, in one list so that one gather
+    /// (and one gradient scatter over the whole table) serves them all: the
+    /// items, the `b·l` slot entities (padding reads row 0, masked), the global entities.
+    rows: Tensor,
     mask: Tensor,
     emo_ids: Tensor,
     emo_p: Tensor,
     glob_slot: Tensor,
-    glob_ent: Tensor,
+    glob_count: usize,
     glob_w: Tensor,
     glob_mask: Tensor,
     text_ids: Tensor,
@@ -120,7 +119,6 @@ pub struct Recommender {
     branches: Branches,
     device: Device,
     graph: KgGraph,
-    items: Tensor,
     item_ids: Vec<u32>,
     x: Tensor,
     coef: Tensor,
@@ -165,7 +163,7 @@ impl Recommender {
         text_dim: usize,
     ) -> Result<Self> {
         let device = p.device().clone();
-        let graph = KgGraph::new(kg, &device)?;
+        let graph = KgGraph::new(kg);
         let (d, dm, n) = (cfg.dim, cfg.emotion_dim, graph.n);
         let a = (6.0 / (n + d) as f32).sqrt();
         let x = p.uniform("kg.x", &[n, d], a)?;
@@ -195,7 +193,6 @@ impl Recommender {
         Ok(Recommender {
             cfg,
             branches,
-            items: Tensor::from_vec(items.to_vec(), items.len(), &device)?,
             item_ids: items.to_vec(),
             device,
             graph,
@@ -231,19 +228,10 @@ impl Recommender {
     pub fn entity_table(&self) -> Result<Tensor> {
         let g = &self.graph;
         let d = self.cfg.dim;
-        let msgs = self.x.index_select(&g.src, 0)?.broadcast_mul(&g.norm)?;
-        let agg = Tensor::zeros((g.n_pairs, d), DType::F32, &self.device)?.index_add(&g.pair_of_edge, &msgs, 0)?;
-        let w = self.coef.matmul(&self.basis)?; // (R, d*d)
-        let mut parts = Vec::new();
-        for (r, &(start, count)) in g.ranges.iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
-            let wr = w.i(r)?.reshape((d, d))?;
-            parts.push(agg.narrow(0, start, count)?.matmul(&wr)?);
-        }
-        let rel = Tensor::cat(&parts, 0)?;
-        let conv = Tensor::zeros((g.n, d), DType::F32, &self.device)?.index_add(&g.pair_target, &rel, 0)?;
+        let w = self.coef.matmul(&self.basis)?.reshape((g.relations, d, d))?;
+        // Each pair's mean source row, through its relation's weight, summed per target.
+        let agg = g.gather.matmul(&self.x)?;
+        let conv = g.scatter.matmul(&g.segments.matmul(&agg, &w)?)?;
         Ok((&self.x + (conv + self.root.forward(&self.x)?)?)?)
     }
 
@@ -253,7 +241,7 @@ impl Recommender {
         let l = feats.iter().map(|f| f.slots.len()).max().unwrap_or(0).max(1);
         let k = feats.iter().map(|f| f.utterances.len()).max().unwrap_or(0).max(1);
         let pad = self.graph.n as u32;
-        let mut ids = vec![pad; b * l];
+        let mut ids = vec![0u32; b * l];
         let mut mask = vec![0f32; b * l];
         let mut emo_ids = vec![PAD_EMOTION as u32; b * l * 3];
         let mut emo_p = vec![0f32; b * l * 3];
@@ -265,8 +253,10 @@ impl Recommender {
         for (i, f) in feats.iter().enumerate() {
             for (j, s) in f.slots.iter().enumerate() {
                 let at = i * l + j;
-                ids[at] = s.entity.min(pad);
-                mask[at] = 1.0;
+                if s.entity < pad {
+                    ids[at] = s.entity;
+                    mask[at] = 1.0;
+                }
                 for (q, &(e, pr)) in s.emotions.iter().take(3).enumerate() {
                     emo_ids[at * 3 + q] = e as u32;
                     emo_p[at * 3 + q] = pr;
@@ -288,15 +278,16 @@ impl Recommender {
         }
         let dv = &self.device;
         let m = gs.len();
+        let rows: Vec<u32> = self.item_ids.iter().chain(&ids).chain(&ge).copied().collect();
         Ok(Batch {
             b,
             l,
-            ids: Tensor::from_vec(ids, (b, l), dv)?,
+            rows: Tensor::from_vec(rows, self.item_ids.len() + b * l + m, dv)?,
             mask: Tensor::from_vec(mask, (b, l), dv)?,
             emo_ids: Tensor::from_vec(emo_ids, (b, l, 3), dv)?,
             emo_p: Tensor::from_vec(emo_p, (b, l, 3, 1), dv)?,
             glob_slot: Tensor::from_vec(gs, m, dv)?,
-            glob_ent: Tensor::from_vec(ge, m, dv)?,
+            glob_count: m,
             glob_w: Tensor::from_vec(gw, (m, 1), dv)?,
             glob_mask: Tensor::from_vec(glob_mask, (b, l), dv)?,
             text_ids: Tensor::from_vec(text_ids, (b, k), dv)?,
@@ -310,8 +301,10 @@ impl Recommender {
     pub fn forward(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor)> {
         let d = self.cfg.dim;
         let (b, l) = (x.b, x.l);
-        let e_pad = Tensor::cat(&[e, &Tensor::zeros((1, d), DType::F32, &self.device)?], 0)?;
-        let ec = e_pad.index_select(&x.ids.flatten_all()?, 0)?.reshape((b, l, d))?;
+        let n_items = self.item_ids.len();
+        let sel = e.index_select(&x.rows, 0)?;
+        let items = sel.narrow(0, 0, n_items)?;
+        let ec = sel.narrow(0, n_items, b * l)?.reshape((b, l, d))?.broadcast_mul(&x.mask.unsqueeze(2)?)?;
         // Text: projected utterance embeddings plus a role vector; a pooled summary.
         let txt = match (&self.text_proj, &self.roles) {
             (Some(proj), Some(roles)) => {
@@ -351,8 +344,8 @@ impl Recommender {
         };
         let q_loc = fuse(&self.fuse, &z)?;
         let (seq, seq_mask) = if self.gfuse.is_some() {
-            let g = if x.glob_ent.dims()[0] > 0 {
-                let rows = e.index_select(&x.glob_ent, 0)?.broadcast_mul(&x.glob_w)?;
+            let g = if x.glob_count > 0 {
+                let rows = sel.narrow(0, n_items + b * l, x.glob_count)?.broadcast_mul(&x.glob_w)?;
                 Tensor::zeros((b * l, d), DType::F32, &self.device)?.index_add(&x.glob_slot, &rows, 0)?
             } else {
                 Tensor::zeros((b * l, d), DType::F32, &self.device)?
@@ -385,7 +378,6 @@ impl Recommender {
             Some(s) => self.out.forward(&Tensor::cat(&[&pooled, s], 1)?)?,
             None => (self.out.forward(&pooled)? + &pooled)?,
         };
-        let items = e.index_select(&self.items, 0)?;
         let scores = h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?;
         Ok((scores, alpha))
     }

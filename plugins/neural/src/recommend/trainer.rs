@@ -62,8 +62,19 @@ impl RecTrainer {
         RecTrainer { config, ctx: ctx.clone() }
     }
 
+    /// The recipe's checkpoint directory.
     fn dir(&self) -> PathBuf {
         self.config.checkpoint_dir(&self.ctx)
+    }
+
+    /// Where a run with `seed` lives: the recipe's checkpoint directory for its
+    /// own seed, `seed-<s>/` inside it for another, so that training other
+    /// seeds (`ecr compare`) never replaces the checkpoint the recipe runs with.
+    fn dir_for(&self, seed: Option<u64>) -> PathBuf {
+        match seed {
+            Some(s) if s != self.config.train.seed => self.dir().join(format!("seed-{s}")),
+            _ => self.dir(),
+        }
     }
 
     fn record(&self) -> Option<TrainedFrom> {
@@ -300,9 +311,11 @@ impl Trainable for RecTrainer {
         let mut meta = self.expected(&parts)?;
         meta.info =
             serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
-        let dir = self.dir();
+        let dir = self.dir_for(cx.options.seed);
         checkpoint::save(&dir, &vm, &meta)?;
-        let metrics = Self::test_metrics(&model, &data, &text)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text)?;
+        metrics["seed"] = fc.seed.into();
+        metrics["fit_seconds"] = fit_report.seconds.into();
         std::fs::write(dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?)?;
         let record = TrainedFrom {
             upstream: cx.upstream_fingerprint.to_string(),
@@ -343,8 +356,10 @@ impl Trainable for RecTrainer {
         let text = Self::text_table(&mut parts, &[&data.test], cx.options.progress)?;
         let vm = VarMap::new();
         let model = self.model(&parts, &vm, 0)?;
-        checkpoint::load(&self.dir(), &vm, &self.expected(&parts)?, &Device::Cpu)?;
-        let metrics = Self::test_metrics(&model, &data, &text)?;
+        let dir = self.dir_for(cx.options.seed);
+        checkpoint::load(&dir, &vm, &self.expected(&parts)?, &Device::Cpu)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text)?;
+        metrics["seed"] = cx.options.seed.unwrap_or(self.config.train.seed).into();
         Ok(EvalReport { text: metrics_table(&metrics), metrics })
     }
 }
