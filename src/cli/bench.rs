@@ -9,6 +9,22 @@ use std::time::Instant;
 /// What to measure.
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Warm turn latency of a recipe's pipeline on real ReDial test dialogues: p50/p95 per stage,
+    /// of the recommendation stages, of the whole turn and of the first streamed token.
+    Turn {
+        /// The recipe (trained: `ecr train -r RECIPE` first).
+        #[arg(short, long, default_value = "recipes/ecr.toml")]
+        recipe: PathBuf,
+        /// Timed seeker turns.
+        #[arg(long, default_value_t = 50)]
+        turns: usize,
+        /// Untimed warm-up turns.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// MiniLM sentence-encoder throughput on real short utterances (the test annotations), no cache.
     Encoder {
         /// The MiniLM directory.
@@ -64,6 +80,16 @@ pub enum BenchCommand {
 /// Run a benchmark.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Turn { recipe, turns, warmup, json } => {
+            let engine = ecr::Engine::from_recipe(&recipe)?;
+            let options = ecr::bench::TurnBenchOptions { turns, warmup };
+            let report = ecr::bench::turn_latency(&engine, &ecr::data::data_dir()?, &options)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
         BenchCommand::Retrieve { rebuild, reloads, turns } => {
             let ctx = ecr::BuildContext::new("recipes/ecr.toml", "ecr", "retrieve");
             let opts = ecr::respond::bench::BenchOptions { rebuild, reloads, turns };
