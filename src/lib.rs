@@ -12,6 +12,8 @@
 //! # Ok::<(), ecr::EngineError>(())
 //! ```
 
+pub mod compare;
+
 pub use ecr_data as data;
 pub use ecr_engine::*;
 pub use ecr_llm as llm;
