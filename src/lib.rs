@@ -13,6 +13,7 @@
 //! ```
 
 pub mod bench;
+pub mod compare;
 
 pub use ecr_data as data;
 pub use ecr_engine::*;
