@@ -3,10 +3,10 @@
 //! Messages are identified like the annotation ids:
 //! `"<split>:<conversationId>:<message index in messages[]>"`. Sources:
 //!
-//! * [`AnnotationSource`]: the LLM annotations (`emotion/annotations_*.jsonl`);
+//! * [`EmotionTable`], from the LLM annotations (`emotion/annotations_*.jsonl`):
 //!   one label becomes probability 1, two labels `primary`/`1 - primary`
-//!   (default 0.6/0.4, so the most salient label ranks first).
-//! * [`EmotionFile`]: a file of emotion-tagger outputs, one JSON object per
+//!   (default 0.6/0.4, so the most salient label ranks first);
+//! * [`EmotionTable`], from a file of emotion-tagger outputs, one JSON object per
 //!   line and per seeker message:
 //!   `{"id": "train:395:2", "emotions": {"like": 0.8, "happy": 0.15, ...}}`
 //!   (labels are the nine emotion names; missing labels are 0; probabilities
@@ -32,77 +32,19 @@ pub trait EmotionSource: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The emotion annotations as a source.
+/// Emotion distributions by message id: the one table behind both kinds of
+/// source, the LLM annotations ([`EmotionTable::from_annotations`],
+/// [`EmotionTable::load_annotations`]) and a file of tagger outputs
+/// ([`EmotionTable::load`], written by [`EmotionTable::write`]).
 #[derive(Debug, Clone, Default)]
-pub struct AnnotationSource {
+pub struct EmotionTable {
     by_id: HashMap<String, EmotionDist>,
+    /// What the table was read from, for [`EmotionSource::describe`].
+    origin: String,
 }
 
-impl AnnotationSource {
-    /// Default probability of the first label when a message has two.
-    pub const DEFAULT_PRIMARY: f32 = 0.6;
-
-    /// A source from loaded annotations; with two labels the first gets
-    /// `primary` and the second `1 - primary` (`primary` in `[0.5, 1]`).
-    pub fn new(annotations: &[Annotation], primary: f32) -> Result<Self, DataError> {
-        if !(0.5..=1.0).contains(&primary) {
-            return Err(DataError::Invalid(format!(
-                "primary label probability {primary}: expected a number in [0.5, 1]"
-            )));
-        }
-        let by_id = annotations.iter().map(|a| (a.id.clone(), labels_to_dist(&a.labels, primary))).collect();
-        Ok(AnnotationSource { by_id })
-    }
-
-    /// Load one or more annotation files with the default primary weight.
-    pub fn load(paths: &[&Path]) -> Result<Self, DataError> {
-        let mut all = Vec::new();
-        for p in paths {
-            all.extend(crate::annotations::load_annotations(p)?);
-        }
-        Self::new(&all, Self::DEFAULT_PRIMARY)
-    }
-
-    /// Number of annotated messages.
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-
-    /// True when no message is annotated.
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
-}
-
-/// The distribution of 1-2 ordered labels: `[1]` or `[primary, 1 - primary]`.
-pub fn labels_to_dist(labels: &[ecr_engine::Emotion], primary: f32) -> EmotionDist {
-    let mut d = EmotionDist::default();
-    match labels {
-        [] => {}
-        [a] => d.set(*a, 1.0),
-        [a, b, ..] => {
-            d.set(*b, 1.0 - primary);
-            d.set(*a, primary);
-        }
-    }
-    d
-}
-
-impl EmotionSource for AnnotationSource {
-    fn emotions(&self, id: &str, _text: &str) -> Option<EmotionDist> {
-        self.by_id.get(id).copied()
-    }
-    fn describe(&self) -> String {
-        format!("annotations ({} messages)", self.by_id.len())
-    }
-}
-
-/// A file of emotion-tagger outputs (see the module docs for the format).
-#[derive(Debug, Clone, Default)]
-pub struct EmotionFile {
-    by_id: HashMap<String, EmotionDist>,
-    path: String,
-}
+/// Default probability of the first label when a message has two.
+pub const DEFAULT_PRIMARY: f32 = 0.6;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,8 +53,29 @@ struct EmotionLine {
     emotions: EmotionDist,
 }
 
-impl EmotionFile {
-    /// Load a tagger output file; errors name the file and line.
+impl EmotionTable {
+    /// The table of loaded annotations; with two labels the first gets
+    /// `primary` and the second `1 - primary` (`primary` in `[0.5, 1]`).
+    pub fn from_annotations(annotations: &[Annotation], primary: f32) -> Result<Self, DataError> {
+        if !(0.5..=1.0).contains(&primary) {
+            return Err(DataError::Invalid(format!(
+                "primary label probability {primary}: expected a number in [0.5, 1]"
+            )));
+        }
+        let by_id = annotations.iter().map(|a| (a.id.clone(), labels_to_dist(&a.labels, primary))).collect();
+        Ok(EmotionTable { by_id, origin: "annotations".into() })
+    }
+
+    /// Load one or more annotation files with [`DEFAULT_PRIMARY`].
+    pub fn load_annotations(paths: &[&Path]) -> Result<Self, DataError> {
+        let mut all = Vec::new();
+        for p in paths {
+            all.extend(crate::annotations::load_annotations(p)?);
+        }
+        Self::from_annotations(&all, DEFAULT_PRIMARY)
+    }
+
+    /// Load a tagger output file (see the module docs); errors name the file and line.
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let mut by_id = HashMap::new();
         for_each_line(path, |line, l: EmotionLine| {
@@ -132,10 +95,10 @@ impl EmotionFile {
             }
             Ok(())
         })?;
-        Ok(EmotionFile { by_id, path: path.display().to_string() })
+        Ok(EmotionTable { by_id, origin: format!("emotion file {}", path.display()) })
     }
 
-    /// Write distributions in this format (one line per `(id, dist)`).
+    /// Write distributions in the tagger output format (one line per `(id, dist)`).
     pub fn write<'a>(path: &Path, rows: impl IntoIterator<Item = (&'a str, EmotionDist)>) -> Result<(), DataError> {
         use std::io::Write;
         let f = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
@@ -147,23 +110,37 @@ impl EmotionFile {
         w.flush().map_err(|e| DataError::io(path, e))
     }
 
-    /// Number of messages in the file.
+    /// Number of messages.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
-    /// True when the file had no lines.
+    /// True when the table has no message.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
 }
 
-impl EmotionSource for EmotionFile {
+/// The distribution of 1-2 ordered labels: `[1]` or `[primary, 1 - primary]`.
+pub fn labels_to_dist(labels: &[ecr_engine::Emotion], primary: f32) -> EmotionDist {
+    let mut d = EmotionDist::default();
+    match labels {
+        [] => {}
+        [a] => d.set(*a, 1.0),
+        [a, b, ..] => {
+            d.set(*b, 1.0 - primary);
+            d.set(*a, primary);
+        }
+    }
+    d
+}
+
+impl EmotionSource for EmotionTable {
     fn emotions(&self, id: &str, _text: &str) -> Option<EmotionDist> {
         self.by_id.get(id).copied()
     }
     fn describe(&self) -> String {
-        format!("emotion file {} ({} messages)", self.path, self.by_id.len())
+        format!("{} ({} messages)", self.origin, self.by_id.len())
     }
 }
 
@@ -208,13 +185,13 @@ impl EmotionSources {
     /// (evaluation never sees the annotators' labels); without one, the
     /// annotations (`emotion/annotations_{train,test}.jsonl`) everywhere.
     pub fn standard(data_dir: &Path, tagger: Option<&Path>) -> Result<Self, DataError> {
-        let ann = AnnotationSource::load(&[
+        let ann = EmotionTable::load_annotations(&[
             &crate::paths::require_file(data_dir, "emotion/annotations_train.jsonl")?,
             &crate::paths::require_file(data_dir, "emotion/annotations_test.jsonl")?,
         ])?;
         Ok(match tagger {
             Some(p) => {
-                let file = EmotionFile::load(p)?;
+                let file = EmotionTable::load(p)?;
                 EmotionSources {
                     train: Box::new(FirstOf(vec![Box::new(ann), Box::new(file.clone())])),
                     test: Box::new(file),
@@ -241,18 +218,18 @@ mod tests {
     fn emotion_file_round_trips_and_rejects_duplicates() {
         let p = std::env::temp_dir().join(format!("ecr-emofile-{}.jsonl", std::process::id()));
         let d = labels_to_dist(&[Emotion::Like, Emotion::Happy], 0.75);
-        EmotionFile::write(&p, [("train:395:2", d)]).unwrap();
-        let f = EmotionFile::load(&p).unwrap();
+        EmotionTable::write(&p, [("train:395:2", d)]).unwrap();
+        let f = EmotionTable::load(&p).unwrap();
         assert_eq!(f.emotions("train:395:2", ""), Some(d));
         assert_eq!(f.emotions("train:395:3", ""), None);
         let chain = FirstOf(vec![Box::new(NoEmotions), Box::new(f)]);
         assert_eq!(chain.emotions("train:395:2", ""), Some(d));
         let line = r#"{"id": "train:1:1", "emotions": {"like": 1.0}}"#;
         std::fs::write(&p, format!("{line}\n{line}\n")).unwrap();
-        let e = EmotionFile::load(&p).unwrap_err().to_string();
+        let e = EmotionTable::load(&p).unwrap_err().to_string();
         assert!(e.contains(":2:") && e.contains("twice"), "{e}");
         std::fs::write(&p, "{\"id\": \"train:1:1\", \"emotions\": {\"joy\": 1.0}}\n").unwrap();
-        let e = EmotionFile::load(&p).unwrap_err().to_string();
+        let e = EmotionTable::load(&p).unwrap_err().to_string();
         assert!(e.contains(":1:") && e.contains("joy"), "{e}");
         std::fs::remove_file(&p).unwrap();
     }

@@ -28,7 +28,7 @@ pub mod text;
 pub use annotations::{Annotation, load_annotations};
 pub use catalogue::{Catalogue, Movie, MovieInfo};
 pub use cooccur::CoOccurrence;
-pub use emotion_source::{AnnotationSource, EmotionFile, EmotionSource, EmotionSources, FirstOf, NoEmotions};
+pub use emotion_source::{EmotionSource, EmotionSources, EmotionTable, FirstOf, NoEmotions};
 pub use error::DataError;
 pub use feedback::{FeedbackMappingConfig, FeedbackMappingFactory};
 pub use global_emotion::{GlobalEmotionConfig, GlobalEmotionFactory};

@@ -1,7 +1,7 @@
 //! Integration tests over the real data in `../shared/data` (or `$ECR_DATA_DIR`).
 //! Counts here can be checked by hand against the files (`wc -l`, a JSON viewer).
 
-use ecr_data::emotion_source::{AnnotationSource, EmotionSource};
+use ecr_data::emotion_source::{EmotionSource, EmotionTable};
 use ecr_data::{
     Catalogue, Kg, LinkerOptions, PrepareOptions, Prepared, Resources, data_dir, linking_report, load_annotations,
     load_conversations, load_reviews, prepare,
@@ -18,12 +18,15 @@ fn resources() -> &'static Resources {
     R.get_or_init(|| Resources::load(&dir(), &LinkerOptions::default()).expect("resources load"))
 }
 
-fn annotations() -> &'static AnnotationSource {
-    static A: OnceLock<AnnotationSource> = OnceLock::new();
+fn annotations() -> &'static EmotionTable {
+    static A: OnceLock<EmotionTable> = OnceLock::new();
     A.get_or_init(|| {
         let d = dir();
-        AnnotationSource::load(&[&d.join("emotion/annotations_train.jsonl"), &d.join("emotion/annotations_test.jsonl")])
-            .expect("annotations load")
+        EmotionTable::load_annotations(&[
+            &d.join("emotion/annotations_train.jsonl"),
+            &d.join("emotion/annotations_test.jsonl"),
+        ])
+        .expect("annotations load")
     })
 }
 

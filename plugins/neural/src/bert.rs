@@ -34,9 +34,9 @@ fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl TrainableBert {
-    /// Load the weights file of MiniLM (`layers` layers, `heads` attention heads).
-    pub fn load(weights: &Path, layers: usize, heads: usize, eps: f64) -> Result<Self> {
-        let all = candle_core::safetensors::load(weights, &Device::Cpu)
+    /// Load the weights file of MiniLM (`layers` layers, `heads` attention heads) onto `device`.
+    pub fn load(weights: &Path, layers: usize, heads: usize, eps: f64, device: &Device) -> Result<Self> {
+        let all = candle_core::safetensors::load(weights, device)
             .map_err(|e| NeuralError::bad_file(weights, format!("cannot read the weights: {e}")))?;
         let mut frozen = HashMap::new();
         let mut vars = Vec::new();
@@ -60,6 +60,11 @@ impl TrainableBert {
             bert.get(n).map_err(|_| NeuralError::bad_file(weights, format!("tensor {n} is missing")))?;
         }
         Ok(bert)
+    }
+
+    /// The trainable variables with their names (`encoder.layer.…`).
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.vars
     }
 
     /// The trainable variables.

@@ -104,6 +104,29 @@ pub trait Objective {
     fn select(&mut self) -> Result<Selection>;
     /// The selection metric's name, for the progress bar and the summary.
     fn metric_name(&self) -> &str;
+
+    /// The batches of one epoch. `order` is a permutation of `0..n_train` that
+    /// [`fit`] keeps across epochs. The default shuffles it with `rng` and
+    /// cuts it into chunks of `batch_size`; an objective may order batches
+    /// otherwise (e.g. by length, so that a batch pads little). Every epoch
+    /// should give the same number of batches (the schedule's length is the
+    /// first epoch's count times the epochs).
+    fn batches(&mut self, order: &mut [usize], batch_size: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+        rng.shuffle(order);
+        order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+    }
+
+    /// The factor applied to the scheduled learning rate of the variable
+    /// `name` (e.g. a pretrained encoder trained slower than a fresh head). Default 1.
+    fn lr_scale(&self, _name: &str) -> f64 {
+        1.0
+    }
+
+    /// Whether the held-out selection `new` beats the best so far (the
+    /// default: a strictly higher metric; an objective may break ties).
+    fn better(&self, new: &Selection, best: &Selection) -> bool {
+        new.metric > best.metric
+    }
 }
 
 /// One epoch of a [`FitReport`].
@@ -206,26 +229,44 @@ pub fn fit(
     let _span = tracing::info_span!("fit", what, n_train = n, epochs = config.epochs).entered();
     let t0 = Instant::now();
     let vars = named_vars(varmap);
-    let (plain, decayed): (Vec<_>, Vec<_>) = vars.iter().partition(|(name, _)| no_decay(name));
-    let params = |wd: f64| ParamsAdamW { lr: config.lr, weight_decay: wd, ..Default::default() };
-    let mut opt_decay = AdamW::new(decayed.iter().map(|(_, v)| v.clone()).collect(), params(config.weight_decay))?;
-    let mut opt_plain = AdamW::new(plain.iter().map(|(_, v)| v.clone()).collect(), params(0.0))?;
-    let steps_per_epoch = n.div_ceil(config.batch_size);
-    let total = steps_per_epoch * config.epochs;
-    let warmup_steps = (config.warmup * total as f64).round() as usize;
+    // One AdamW per (learning-rate factor, decay or not): biases and norms get no weight decay.
+    let mut groups: Vec<(f64, bool, Vec<Var>)> = Vec::new();
+    for (name, var) in &vars {
+        let key = (objective.lr_scale(name), !no_decay(name));
+        match groups.iter_mut().find(|(s, d, _)| (*s, *d) == key) {
+            Some((_, _, v)) => v.push(var.clone()),
+            None => groups.push((key.0, key.1, vec![var.clone()])),
+        }
+    }
+    let mut opts = Vec::with_capacity(groups.len());
+    for (scale, decay, vs) in groups {
+        let wd = if decay { config.weight_decay } else { 0.0 };
+        opts.push((
+            scale,
+            AdamW::new(vs, ParamsAdamW { lr: config.lr * scale, weight_decay: wd, ..Default::default() })?,
+        ));
+    }
     let mut rng = Rng::new(config.seed);
     let mut order: Vec<usize> = (0..n).collect();
+    let mut next = Some(objective.batches(&mut order, config.batch_size, &mut rng));
+    let steps_per_epoch = next.as_ref().map_or(0, Vec::len).max(1);
+    let total = steps_per_epoch * config.epochs;
+    let warmup_steps = (config.warmup * total as f64).round() as usize;
     let bar = progress_bar(progress, total, what);
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut best: Option<(Selection, usize, Vec<Tensor>)> = None;
     let mut epochs = Vec::with_capacity(config.epochs);
     let mut step = 0usize;
     for epoch in 1..=config.epochs {
-        rng.shuffle(&mut order);
+        let batches = match next.take() {
+            Some(b) => b,
+            None => objective.batches(&mut order, config.batch_size, &mut rng),
+        };
         let mut sum = 0f64;
-        for (k, batch) in order.chunks(config.batch_size).enumerate() {
+        for (k, batch) in batches.iter().enumerate() {
             let lr = scheduled_lr(config.lr, step, warmup_steps, total);
-            opt_decay.set_learning_rate(lr);
-            opt_plain.set_learning_rate(lr);
+            for (scale, opt) in &mut opts {
+                opt.set_learning_rate(lr * *scale);
+            }
             let loss = objective.loss(batch, &mut rng)?;
             let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
@@ -234,14 +275,15 @@ pub fn fit(
                 )));
             }
             let grads = loss.backward()?;
-            opt_decay.step(&grads)?;
-            opt_plain.step(&grads)?;
+            for (_, opt) in &mut opts {
+                opt.step(&grads)?;
+            }
             sum += value;
             step += 1;
             bar.set_message(format!("epoch {epoch} loss {:.4}", sum / (k + 1) as f64));
             bar.inc(1);
         }
-        let train_loss = sum / steps_per_epoch as f64;
+        let train_loss = sum / batches.len().max(1) as f64;
         let selection = objective.select()?;
         tracing::info!(epoch, train_loss, metric = selection.metric, "epoch done");
         bar.println(format!(
@@ -250,13 +292,13 @@ pub fn fit(
             objective.metric_name(),
             selection.metric
         ));
-        if best.as_ref().is_none_or(|(m, ..)| selection.metric > *m) {
-            best = Some((selection.metric, epoch, snapshot(&vars)?));
+        if best.as_ref().is_none_or(|(b, ..)| objective.better(&selection, b)) {
+            best = Some((selection.clone(), epoch, snapshot(&vars)?));
         }
         epochs.push(EpochRecord { epoch, train_loss, selection });
     }
     bar.finish_and_clear();
-    let Some((best_metric, best_epoch, snap)) = best else {
+    let Some((best_selection, best_epoch, snap)) = best else {
         return Err(NeuralError::Invalid(format!("{what}: training ran no epoch")));
     };
     restore(&vars, &snap)?;
@@ -264,7 +306,7 @@ pub fn fit(
         n_train: n,
         steps: step,
         best_epoch,
-        best_metric,
+        best_metric: best_selection.metric,
         metric_name: objective.metric_name().to_string(),
         epochs,
         seconds: t0.elapsed().as_secs_f64(),

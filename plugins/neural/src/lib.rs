@@ -1,5 +1,6 @@
 //! `ecr-neural`: the MiniLM sentence encoder and the emotion tagger, in candle.
 //!
+//! * [`device`]: the candle device of a build context ([`device_of`]).
 //! * [`text`]: the MiniLM sentence encoder; [`cache`]: its on-disk embedding cache.
 //! * [`tagger`]: the emotion tagger (MiniLM, fine-tuned or frozen, + a trained MLP head),
 //!   its checkpoints; [`train`]: its training; [`trainer`]: its side of the
@@ -9,6 +10,7 @@ pub mod baselines;
 pub mod bert;
 pub mod cache;
 pub mod checkpoint;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod fit;
@@ -22,6 +24,7 @@ pub mod train;
 pub mod trainer;
 
 pub use cache::{EmbeddingCache, embed_cached};
+pub use device::device_of;
 pub use error::{NeuralError, Result};
 pub use stage::{EmotionTaggerConfig, EmotionTaggerFactory};
 pub use tagger::{EmotionTagger, TaggerInput};

@@ -123,6 +123,9 @@ impl StageFactory for EmotionTaggerFactory {
     }
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
+        // An unknown or unavailable device is refused here, naming ECR_DEVICE; the
+        // encoder resource loads on it and the tagger's tensors follow the encoder.
+        crate::device_of(ctx)?;
         let encoder = ctx.resources().get(&TextEncoderKey(ctx.resolve(&config.model_dir)))?;
         let checkpoint = config.checkpoint_dir(ctx);
         crate::trainer::refuse_other_config(&checkpoint, &config.train, ctx.stage_id())?;

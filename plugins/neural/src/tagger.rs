@@ -94,8 +94,8 @@ pub struct EmotionHead {
 
 impl EmotionHead {
     /// A freshly initialised head (uniform ±1/√fan_in, as PyTorch's Linear).
-    pub fn init(shape: HeadShape, rng: &mut Rng) -> Result<Self> {
-        let dev = Device::Cpu;
+    pub fn init(shape: HeadShape, rng: &mut Rng, device: &Device) -> Result<Self> {
+        let dev = device.clone();
         let mut uniform = |rows: usize, cols: usize, fan_in: usize| -> Result<Var> {
             let b = 1.0 / (fan_in as f32).sqrt();
             let v: Vec<f32> = (0..rows * cols).map(|_| (rng.uniform() * 2.0 - 1.0) * b).collect();
@@ -149,7 +149,8 @@ impl EmotionHead {
         Ok(())
     }
 
-    fn named(&self) -> [(&'static str, &Var); 4] {
+    /// The variables by their checkpoint names (`l1.weight`, `l1.bias`, `l2.weight`, `l2.bias`).
+    pub fn named(&self) -> [(&'static str, &Var); 4] {
         [("l1.weight", &self.w1), ("l1.bias", &self.b1), ("l2.weight", &self.w2), ("l2.bias", &self.b2)]
     }
 }
@@ -207,7 +208,7 @@ pub fn features(
     let d = encoder.dim();
     let n = inputs.len();
     let flat: Vec<f32> = vecs.into_iter().flatten().collect();
-    let t = Tensor::from_vec(flat, (texts.len(), d), &Device::Cpu)?;
+    let t = Tensor::from_vec(flat, (texts.len(), d), encoder.device())?;
     Ok(match context {
         ContextMode::None => t,
         ContextMode::Last => Tensor::cat(&[t.narrow(0, 0, n)?, t.narrow(0, n, n)?], 1)?,
@@ -358,13 +359,15 @@ impl EmotionTagger {
             Some(ft) => {
                 let path = dir.join(ENCODER_FILE);
                 let opts = EncoderOptions { max_tokens: ft.max_tokens, ..EncoderOptions::default() };
-                let enc = TextEncoder::load_parts(encoder.model_dir(), &path, opts).map_err(|e| match e {
-                    NeuralError::MissingModel { path } => NeuralError::bad_file(
-                        path,
-                        "missing: the fine-tuned encoder of this checkpoint; retrain the tagger",
-                    ),
-                    e => e,
-                })?;
+                let enc = TextEncoder::load_parts_on(encoder.model_dir(), &path, opts, encoder.device()).map_err(
+                    |e| match e {
+                        NeuralError::MissingModel { path } => NeuralError::bad_file(
+                            path,
+                            "missing: the fine-tuned encoder of this checkpoint; retrain the tagger",
+                        ),
+                        e => e,
+                    },
+                )?;
                 if enc.weights_sha256() != ft.sha256 {
                     return Err(NeuralError::bad_file(
                         &path,
@@ -388,7 +391,7 @@ impl EmotionTagger {
                 ),
             ));
         }
-        let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu).map_err(|e| {
+        let tensors = candle_core::safetensors::load(&weights_path, encoder.device()).map_err(|e| {
             NeuralError::bad_file(&weights_path, format!("corrupted: not a safetensors file ({e}); retrain the tagger"))
         })?;
         let shape = meta.head;

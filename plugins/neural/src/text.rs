@@ -91,8 +91,13 @@ impl TextEncoder {
         Self::load_parts(dir, &weights, options)
     }
 
-    /// Load the config and tokenizer of `dir` with other weights (a fine-tuned MiniLM).
+    /// Load the config and tokenizer of `dir` with other weights (a fine-tuned MiniLM), on the CPU.
     pub fn load_parts(dir: &Path, weights: &Path, options: EncoderOptions) -> Result<Self> {
+        Self::load_parts_on(dir, weights, options, &Device::Cpu)
+    }
+
+    /// Like [`TextEncoder::load_parts`], on `device`.
+    pub fn load_parts_on(dir: &Path, weights: &Path, options: EncoderOptions, device: &Device) -> Result<Self> {
         if !weights.is_file() {
             return Err(NeuralError::MissingModel { path: weights.to_path_buf() });
         }
@@ -119,7 +124,7 @@ impl TextEncoder {
             .with_truncation(Some(TruncationParams { max_length: options.max_tokens, ..Default::default() }))
             .map_err(|e| NeuralError::Tokenizer(e.to_string()))?;
         let weights_sha256 = sha256_file(&weights_path)?;
-        let device = Device::Cpu;
+        let device = device.clone();
         // SAFETY: the weights file is memory-mapped read-only; models/fetch.sh writes it once
         // and nothing in ecr modifies it while a model is loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
@@ -143,6 +148,11 @@ impl TextEncoder {
             heads: config.num_attention_heads,
             eps: config.layer_norm_eps,
         })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The directory the config and tokenizer came from.
@@ -276,6 +286,9 @@ pub struct TextEncoderKey(pub PathBuf);
 impl ecr_engine::ResourceKey for TextEncoderKey {
     type Value = TextEncoder;
     fn create(&self, _: &ecr_engine::Resources) -> std::result::Result<TextEncoder, ecr_engine::BoxError> {
-        Ok(TextEncoder::load(&self.0)?)
+        // The key has no context; the device is the process's `$ECR_DEVICE`, the rule of `BuildContext::device`.
+        let device = crate::device::device_named(&crate::device::env_device_name())?;
+        let (_, _, weights) = model_files(&self.0)?;
+        Ok(TextEncoder::load_parts_on(&self.0, &weights, EncoderOptions::default(), &device)?)
     }
 }

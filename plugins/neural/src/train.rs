@@ -9,7 +9,10 @@
 //! * `finetune = false`: MiniLM stays frozen; the utterance (and previous
 //!   message) embeddings come from the on-disk cache and only the head is trained.
 //!
-//! Both use AdamW on a soft-target cross-entropy: one gold label gets probability 1, two get `primary_weight`
+//! Both are one [`crate::fit`] objective run by the project's one training
+//! loop: AdamW (no weight decay on biases; the head's rate `lr` and the
+//! encoder's `encoder_lr` both decay linearly to 0) on a soft-target
+//! cross-entropy: one gold label gets probability 1, two get `primary_weight`
 //! and `1 - primary_weight` (most salient first). After each epoch the head is
 //! scored on the held-out part; the epoch with the best Recall@2 (ties: lower
 //! held-out loss) is kept.
@@ -17,13 +20,14 @@
 use crate::bert::TrainableBert;
 use crate::cache::EmbeddingCache;
 use crate::error::{NeuralError, Result};
+use crate::fit::{FitConfig, Objective, Selection, fit};
 use crate::metrics::{EmotionMetrics, evaluate};
 use crate::rng::Rng;
 use crate::tagger::ENCODER_FILE;
 use crate::tagger::{ContextMode, EmotionHead, EmotionTagger, HeadShape, N_LABELS, TaggerInput, features};
 use crate::text::{EncoderOptions, TextEncoder, mean_pool_normalize};
-use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
 use ecr_data::Annotation;
 use ecr_engine::Emotion;
 use serde::{Deserialize, Serialize};
@@ -208,23 +212,24 @@ pub fn train_tagger(
 }
 
 /// Soft targets `(n, 9)` of annotations.
-fn targets_of(v: &[&Annotation], primary: f32) -> Result<Tensor> {
+fn targets_of(v: &[&Annotation], primary: f32, device: &Device) -> Result<Tensor> {
     let flat: Vec<f32> = v.iter().flat_map(|a| target(&a.labels, primary)).collect();
-    Ok(Tensor::from_vec(flat, (v.len(), N_LABELS), &Device::Cpu)?)
+    Ok(Tensor::from_vec(flat, (v.len(), N_LABELS), device)?)
 }
 
 /// A dropout mask `(rows, cols)` scaled by `1 / keep`, or `None` without dropout.
-fn dropout_mask(rng: &mut Rng, rows: usize, cols: usize, dropout: f32) -> Result<Option<Tensor>> {
+fn dropout_mask(rng: &mut Rng, rows: usize, cols: usize, dropout: f32, device: &Device) -> Result<Option<Tensor>> {
     if dropout <= 0.0 {
         return Ok(None);
     }
     let keep = 1.0 - dropout;
     let m: Vec<f32> = (0..rows * cols).map(|_| if rng.uniform() < keep { 1.0 / keep } else { 0.0 }).collect();
-    Ok(Some(Tensor::from_vec(m, (rows, cols), &Device::Cpu)?))
+    Ok(Some(Tensor::from_vec(m, (rows, cols), device)?))
 }
 
 /// Batches for one epoch: shuffle, cut into pools of 16 batches, sort each
 /// pool by token length (so a batch pads little), then shuffle the batches.
+/// As many batches as plain chunks (each full pool is a whole number of batches).
 fn length_bucketed_batches(rng: &mut Rng, order: &mut [usize], lengths: &[usize], batch: usize) -> Vec<Vec<usize>> {
     rng.shuffle(order);
     let mut batches: Vec<Vec<usize>> = Vec::new();
@@ -248,6 +253,165 @@ fn facts(config: &TrainConfig, report: &TrainReport) -> serde_json::Value {
     })
 }
 
+/// Where the head's input features come from.
+enum Features<'a> {
+    /// Frozen embeddings computed once: `(n, input_dim)` for training and held-out examples.
+    Frozen { train: Tensor, dev: Option<Tensor> },
+    /// The utterances, embedded by the encoder being fine-tuned at every step.
+    Encoder {
+        bert: Box<TrainableBert>,
+        tok: Box<TextEncoder>,
+        train: Vec<&'a str>,
+        dev: Vec<&'a str>,
+        lengths: Vec<usize>,
+    },
+}
+
+impl Features<'_> {
+    /// Embeddings `(b, dim)` of `texts` by the fine-tuned encoder.
+    fn embed(bert: &TrainableBert, tok: &TextEncoder, texts: &[&str]) -> Result<Tensor> {
+        let (ids, mask) = tok.tokenize(texts)?;
+        Ok(mean_pool_normalize(&bert.forward(&ids, &mask)?, &mask)?)
+    }
+}
+
+/// The tagger as a [`fit`] objective: soft-target cross-entropy of the head
+/// (with dropout on its hidden layer) on frozen or fine-tuned features;
+/// selection by held-out Recall@2, ties broken by the lower held-out loss.
+struct TaggerObjective<'a> {
+    head: EmotionHead,
+    features: Features<'a>,
+    y_train: Tensor,
+    y_dev: Option<Tensor>,
+    dev_gold: Vec<Vec<Emotion>>,
+    dropout: f32,
+    /// The encoder's learning rate relative to the head's.
+    encoder_scale: f64,
+    device: Device,
+}
+
+impl TaggerObjective<'_> {
+    /// Held-out `(mean loss, probabilities)`, or `None` without a held-out part.
+    fn holdout(&self) -> Result<Option<(f64, Vec<[f32; N_LABELS]>)>> {
+        let Some(y_dev) = &self.y_dev else { return Ok(None) };
+        let (mut loss, mut probs) = (0f64, Vec::with_capacity(self.dev_gold.len()));
+        let mut add = |x: &Tensor, y: &Tensor| -> Result<()> {
+            let n = x.dim(0)? as f64;
+            loss += soft_ce(&self.head.forward(x, None)?, y)?.to_scalar::<f32>()? as f64 * n;
+            probs.extend(self.head.probs(x)?);
+            Ok(())
+        };
+        match &self.features {
+            Features::Frozen { dev: Some(x), .. } => add(x, y_dev)?,
+            Features::Frozen { dev: None, .. } => return Ok(None),
+            Features::Encoder { bert, tok, dev, .. } => {
+                for (k, chunk) in dev.chunks(64).enumerate() {
+                    let x = Features::embed(bert, tok, chunk)?.detach();
+                    add(&x, &y_dev.narrow(0, k * 64, chunk.len())?)?;
+                }
+            }
+        }
+        Ok(Some((loss / self.dev_gold.len().max(1) as f64, probs)))
+    }
+}
+
+impl Objective for TaggerObjective<'_> {
+    fn n_train(&self) -> usize {
+        self.y_train.dim(0).unwrap_or(0)
+    }
+
+    fn loss(&mut self, batch: &[usize], rng: &mut Rng) -> Result<Tensor> {
+        let idx: Vec<u32> = batch.iter().map(|&i| i as u32).collect();
+        let ids = Tensor::new(idx.as_slice(), &self.device)?;
+        let y = self.y_train.index_select(&ids, 0)?;
+        let x = match &self.features {
+            Features::Frozen { train, .. } => train.index_select(&ids, 0)?,
+            Features::Encoder { bert, tok, train, .. } => {
+                let texts: Vec<&str> = batch.iter().map(|&i| train[i]).collect();
+                Features::embed(bert, tok, &texts)?
+            }
+        };
+        let mask = dropout_mask(rng, batch.len(), self.head.shape().hidden, self.dropout, &self.device)?;
+        soft_ce(&self.head.forward(&x, mask.as_ref())?, &y)
+    }
+
+    fn select(&mut self) -> Result<Selection> {
+        Ok(match self.holdout()? {
+            Some((loss, probs)) => {
+                let r2 = evaluate(&probs, &self.dev_gold, 0.1).recall_2;
+                Selection { metric: r2, extra: serde_json::json!({ "loss": loss }) }
+            }
+            None => Selection { metric: 0.0, extra: serde_json::json!({ "loss": 0.0 }) },
+        })
+    }
+
+    fn metric_name(&self) -> &str {
+        "Recall@2"
+    }
+
+    fn batches(&mut self, order: &mut [usize], batch_size: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+        match &self.features {
+            Features::Encoder { lengths, .. } => length_bucketed_batches(rng, order, lengths, batch_size),
+            Features::Frozen { .. } => {
+                rng.shuffle(order);
+                order.chunks(batch_size).map(<[usize]>::to_vec).collect()
+            }
+        }
+    }
+
+    fn lr_scale(&self, name: &str) -> f64 {
+        if name.starts_with(HEAD_PREFIX) { 1.0 } else { self.encoder_scale }
+    }
+
+    fn better(&self, new: &Selection, best: &Selection) -> bool {
+        let loss = |s: &Selection| s.extra["loss"].as_f64().unwrap_or(f64::INFINITY);
+        new.metric > best.metric || (new.metric == best.metric && loss(new) < loss(best))
+    }
+}
+
+/// The prefix of the head's variables in the training [`VarMap`].
+const HEAD_PREFIX: &str = "head.";
+
+/// Put `vars` into `varmap` under their names (with `prefix`).
+fn register<'v>(varmap: &VarMap, prefix: &str, vars: impl IntoIterator<Item = (&'v str, &'v Var)>) {
+    let mut data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    for (name, var) in vars {
+        data.insert(format!("{prefix}{name}"), var.clone());
+    }
+}
+
+/// Per epoch: training loss, held-out loss and held-out Recall@2.
+type Curve = Vec<(f32, f32, f64)>;
+
+/// Run [`fit`] on the tagger objective; returns the report's per-epoch curve and kept epoch.
+fn fit_tagger(
+    varmap: &VarMap,
+    objective: &mut TaggerObjective<'_>,
+    config: &TrainConfig,
+    what: &str,
+    progress: bool,
+) -> Result<(usize, Curve)> {
+    // The head's learning rate is `lr`; the encoder's `encoder_lr` ([`Objective::lr_scale`]).
+    let fit_config = FitConfig {
+        epochs: config.epochs(),
+        batch_size: config.batch_size,
+        lr: config.lr,
+        weight_decay: config.weight_decay,
+        warmup: 0.0,
+        seed: config.seed,
+    };
+    let report = fit(varmap, objective, &fit_config, what, progress)?;
+    let curve = report
+        .epochs
+        .iter()
+        .map(|e| {
+            let dev_loss = e.selection.extra["loss"].as_f64().unwrap_or(f64::NAN);
+            (e.train_loss as f32, dev_loss as f32, e.selection.metric)
+        })
+        .collect();
+    Ok((report.best_epoch, curve))
+}
+
 /// Fine-tune MiniLM's encoder layers and the head on the utterances.
 fn finetune(
     base: Arc<TextEncoder>,
@@ -259,91 +423,43 @@ fn finetune(
 ) -> Result<(EmotionTagger, TrainReport)> {
     let _span = tracing::info_span!("finetune_emotion_tagger", n_train = train.len(), n_holdout = dev.len()).entered();
     let t0 = Instant::now();
+    let device = base.device().clone();
     let opts = EncoderOptions { max_tokens: config.max_tokens, ..EncoderOptions::default() };
-    let tok = TextEncoder::load_parts(base.model_dir(), base.weights_path(), opts.clone())?;
+    let tok = TextEncoder::load_parts_on(base.model_dir(), base.weights_path(), opts.clone(), &device)?;
     let (layers, heads, eps) = base.architecture();
-    let bert = TrainableBert::load(base.weights_path(), layers, heads, eps)?;
-    let mut rng = Rng::new(config.seed);
+    let bert = TrainableBert::load(base.weights_path(), layers, heads, eps, &device)?;
     let shape = HeadShape { embed_dim: base.dim(), context: ContextMode::None, hidden: config.hidden };
-    let head = EmotionHead::init(shape, &mut rng)?;
-    let head_params = ParamsAdamW { lr: config.lr, weight_decay: config.weight_decay, ..Default::default() };
-    let mut opt_head = AdamW::new(head.vars(), head_params)?;
-    let enc_params = ParamsAdamW { lr: config.encoder_lr, weight_decay: config.weight_decay, ..Default::default() };
-    let mut opt_enc = AdamW::new(bert.vars(), enc_params)?;
-    let embed = |texts: &[&str]| -> Result<Tensor> {
-        let (ids, mask) = tok.tokenize(texts)?;
-        Ok(mean_pool_normalize(&bert.forward(&ids, &mask)?, &mask)?)
-    };
-    let y_train = targets_of(train, config.primary_weight as f32)?;
-    let y_dev = targets_of(dev, config.primary_weight as f32)?;
-    let dev_gold: Vec<Vec<Emotion>> = dev.iter().map(|a| a.labels.clone()).collect();
-    let dev_eval = |head: &EmotionHead| -> Result<(f32, f64, Vec<[f32; N_LABELS]>)> {
-        let mut probs = Vec::with_capacity(dev.len());
-        let mut loss = 0f32;
-        for (k, chunk) in dev.chunks(64).enumerate() {
-            let texts: Vec<&str> = chunk.iter().map(|a| a.utterance.as_str()).collect();
-            let x = embed(&texts)?.detach();
-            let y = y_dev.narrow(0, k * 64, chunk.len())?;
-            loss += soft_ce(&head.forward(&x, None)?, &y)?.to_scalar::<f32>()? * chunk.len() as f32;
-            probs.extend(head.probs(&x)?);
-        }
-        let r2 = evaluate(&probs, &dev_gold, 0.1).recall_2;
-        Ok((loss / dev.len().max(1) as f32, r2, probs))
-    };
-    let epochs = config.epochs();
-    let total = epochs * train.len().div_ceil(config.batch_size);
-    let pb = crate::fit::progress_bar(progress, total, "fine-tuning");
+    let head = EmotionHead::init(shape, &mut Rng::new(config.seed), &device)?;
+    let varmap = VarMap::new();
+    register(&varmap, HEAD_PREFIX, head.named());
+    register(&varmap, "", bert.named_vars().iter().map(|(n, v)| (n.as_str(), v)));
     let lengths: Vec<usize> = train.iter().map(|a| tok.token_count(&a.utterance)).collect::<Result<Vec<_>>>()?;
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    // (held-out Recall@2, held-out loss, epoch, encoder weights, head weights) of the best epoch.
-    type Best = (f64, f32, usize, Vec<Tensor>, Vec<Tensor>);
-    let mut best: Option<Best> = None;
-    let mut curve = Vec::new();
-    let mut step = 0usize;
-    for epoch in 1..=epochs {
-        let batches_of_epoch = length_bucketed_batches(&mut rng, &mut order, &lengths, config.batch_size);
-        let (mut sum, mut batches) = (0f32, 0usize);
-        for chunk in &batches_of_epoch {
-            opt_enc.set_learning_rate(config.encoder_lr * (1.0 - step as f64 / total as f64));
-            let texts: Vec<&str> = chunk.iter().map(|&i| train[i].utterance.as_str()).collect();
-            let idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
-            let yb = y_train.index_select(&Tensor::new(idx.as_slice(), &Device::Cpu)?, 0)?;
-            let x = embed(&texts)?;
-            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout as f32)?;
-            let loss = soft_ce(&head.forward(&x, mask.as_ref())?, &yb)?;
-            let grads = loss.backward()?;
-            opt_enc.step(&grads)?;
-            opt_head.step(&grads)?;
-            sum += loss.to_scalar::<f32>()?;
-            batches += 1;
-            step += 1;
-            pb.set_message(format!("epoch {epoch} loss {:.3}", sum / batches as f32));
-            pb.inc(1);
-        }
-        let train_loss = sum / batches.max(1) as f32;
-        let (dev_loss, dev_r2) =
-            if dev.is_empty() { (train_loss, 0.0) } else { dev_eval(&head).map(|(l, r, _)| (l, r))? };
-        curve.push((train_loss, dev_loss, dev_r2));
-        tracing::info!(epoch, train_loss, dev_loss, dev_r2, "fine-tuning epoch done");
-        let better = match &best {
-            None => true,
-            Some((r2, l, ..)) => dev_r2 > *r2 || (dev_r2 == *r2 && dev_loss < *l),
-        };
-        if better {
-            best = Some((dev_r2, dev_loss, epoch, bert.snapshot()?, head.snapshot()?));
-        }
-    }
-    pb.finish_and_clear();
-    let Some((_, _, best_epoch, enc_snap, head_snap)) = best else {
-        return Err(NeuralError::Invalid("emotion tagger training ran no epoch".into()));
+    let primary = config.primary_weight as f32;
+    let mut objective = TaggerObjective {
+        y_train: targets_of(train, primary, &device)?,
+        y_dev: if dev.is_empty() { None } else { Some(targets_of(dev, primary, &device)?) },
+        dev_gold: dev.iter().map(|a| a.labels.clone()).collect(),
+        features: Features::Encoder {
+            bert: Box::new(bert),
+            tok: Box::new(tok),
+            train: train.iter().map(|a| a.utterance.as_str()).collect(),
+            dev: dev.iter().map(|a| a.utterance.as_str()).collect(),
+            lengths,
+        },
+        head,
+        dropout: config.dropout as f32,
+        encoder_scale: config.encoder_lr / config.lr,
+        device,
     };
-    bert.restore(&enc_snap)?;
-    head.restore(&head_snap)?;
-    let holdout = if dev.is_empty() { None } else { Some(evaluate(&dev_eval(&head)?.2, &dev_gold, 0.1)) };
+    let (best_epoch, curve) = fit_tagger(&varmap, &mut objective, config, "fine-tuning", progress)?;
+    let holdout = objective.holdout()?.map(|(_, probs)| evaluate(&probs, &objective.dev_gold, 0.1));
+    let Features::Encoder { bert, .. } = &objective.features else {
+        return Err(NeuralError::Invalid("internal: fine-tuning without an encoder".into()));
+    };
     std::fs::create_dir_all(checkpoint).map_err(|e| NeuralError::io(checkpoint, e))?;
     let enc_path = checkpoint.join(ENCODER_FILE);
     bert.save(&enc_path)?;
-    let finetuned = Arc::new(TextEncoder::load_parts(base.model_dir(), &enc_path, opts)?);
+    let finetuned = Arc::new(TextEncoder::load_parts_on(base.model_dir(), &enc_path, opts, base.device())?);
     let report = TrainReport {
         n_train: train.len(),
         n_holdout: dev.len(),
@@ -354,7 +470,7 @@ fn finetune(
         train_seconds: t0.elapsed().as_secs_f64(),
     };
     let facts = facts(config, &report);
-    Ok((EmotionTagger::new_finetuned(&base, finetuned, head, facts), report))
+    Ok((EmotionTagger::new_finetuned(&base, finetuned, objective.head, facts), report))
 }
 
 /// Train the head on frozen (cached) embeddings.
@@ -367,80 +483,31 @@ fn train_head(
     progress: bool,
 ) -> Result<(EmotionTagger, TrainReport)> {
     let _span = tracing::info_span!("train_emotion_tagger", n_train = train.len(), n_holdout = dev.len()).entered();
-    let dev_device = Device::Cpu;
+    let device = encoder.device().clone();
     let t0 = Instant::now();
     let inputs = |v: &[&Annotation]| v.iter().map(|a| input_of(a)).collect::<Vec<_>>();
     let x_train = features(&encoder, cache.as_deref_mut(), &inputs(train), config.context, progress)?;
     let x_dev =
         if dev.is_empty() { None } else { Some(features(&encoder, cache, &inputs(dev), config.context, progress)?) };
     let embed_seconds = t0.elapsed().as_secs_f64();
-    let y_train = targets_of(train, config.primary_weight as f32)?;
-    let y_dev = if dev.is_empty() { None } else { Some(targets_of(dev, config.primary_weight as f32)?) };
-    let dev_gold: Vec<Vec<Emotion>> = dev.iter().map(|a| a.labels.clone()).collect();
-
     let t1 = Instant::now();
-    let mut rng = Rng::new(config.seed);
     let shape = HeadShape { embed_dim: encoder.dim(), context: config.context, hidden: config.hidden };
-    let head = EmotionHead::init(shape, &mut rng)?;
-    let params = ParamsAdamW { lr: config.lr, weight_decay: config.weight_decay, ..Default::default() };
-    let mut opt = AdamW::new(head.vars(), params)?;
-    let n = train.len();
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let bar = if progress {
-        let b = indicatif::ProgressBar::new(config.epochs() as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("training {bar:40} epoch {pos}/{len} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
+    let head = EmotionHead::init(shape, &mut Rng::new(config.seed), &device)?;
+    let varmap = VarMap::new();
+    register(&varmap, HEAD_PREFIX, head.named());
+    let primary = config.primary_weight as f32;
+    let mut objective = TaggerObjective {
+        y_train: targets_of(train, primary, &device)?,
+        y_dev: if dev.is_empty() { None } else { Some(targets_of(dev, primary, &device)?) },
+        dev_gold: dev.iter().map(|a| a.labels.clone()).collect(),
+        features: Features::Frozen { train: x_train, dev: x_dev },
+        head,
+        dropout: config.dropout as f32,
+        encoder_scale: 1.0,
+        device,
     };
-    let mut best: Option<(f64, f32, usize, Vec<Tensor>)> = None;
-    let mut curve = Vec::new();
-    for epoch in 1..=config.epochs() {
-        rng.shuffle(&mut order);
-        let (mut sum, mut batches) = (0f32, 0usize);
-        for chunk in order.chunks(config.batch_size) {
-            let ids = Tensor::new(chunk, &dev_device)?;
-            let xb = x_train.index_select(&ids, 0)?;
-            let yb = y_train.index_select(&ids, 0)?;
-            let mask = dropout_mask(&mut rng, chunk.len(), config.hidden, config.dropout as f32)?;
-            let loss = soft_ce(&head.forward(&xb, mask.as_ref())?, &yb)?;
-            opt.backward_step(&loss)?;
-            sum += loss.to_scalar::<f32>()?;
-            batches += 1;
-        }
-        let train_loss = sum / batches.max(1) as f32;
-        let (dev_loss, dev_r2) = match (&x_dev, &y_dev) {
-            (Some(x), Some(y)) => {
-                let logits = head.forward(x, None)?;
-                let loss = soft_ce(&logits, y)?.to_scalar::<f32>()?;
-                let probs = head.probs(x)?;
-                (loss, evaluate(&probs, &dev_gold, 0.1).recall_2)
-            }
-            _ => (train_loss, 0.0),
-        };
-        curve.push((train_loss, dev_loss, dev_r2));
-        bar.set_message(format!("loss {train_loss:.3} holdout loss {dev_loss:.3} R@2 {dev_r2:.4}"));
-        bar.inc(1);
-        let better = match &best {
-            None => true,
-            Some((r2, l, _, _)) => dev_r2 > *r2 || (dev_r2 == *r2 && dev_loss < *l),
-        };
-        if better {
-            best = Some((dev_r2, dev_loss, epoch, head.snapshot()?));
-        }
-    }
-    bar.finish_and_clear();
-    let Some((_, _, best_epoch, snapshot)) = best else {
-        return Err(NeuralError::Invalid("emotion tagger training ran no epoch".into()));
-    };
-    head.restore(&snapshot)?;
-    let holdout = match &x_dev {
-        Some(x) => Some(evaluate(&head.probs(x)?, &dev_gold, 0.1)),
-        None => None,
-    };
+    let (best_epoch, curve) = fit_tagger(&varmap, &mut objective, config, "training", progress)?;
+    let holdout = objective.holdout()?.map(|(_, probs)| evaluate(&probs, &objective.dev_gold, 0.1));
     let report = TrainReport {
         n_train: train.len(),
         n_holdout: dev.len(),
@@ -451,5 +518,5 @@ fn train_head(
         train_seconds: t1.elapsed().as_secs_f64(),
     };
     let facts = facts(config, &report);
-    Ok((EmotionTagger::new(encoder, head, facts), report))
+    Ok((EmotionTagger::new(encoder, objective.head, facts), report))
 }

@@ -196,6 +196,7 @@ impl Trainable for TaggerTrainer {
         if let Some(seed) = cx.options.seed {
             config.seed = seed;
         }
+        crate::device_of(&self.ctx)?;
         let encoder = self.ctx.resources().get(&TextEncoderKey(self.ctx.resolve(&self.config.model_dir)))?;
         let mut cache = EmbeddingCache::for_encoder(&self.ctx.resolve(&self.config.cache_dir), &encoder)?;
         let train_path = self.annotations_path()?;

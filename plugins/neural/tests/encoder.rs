@@ -74,7 +74,8 @@ fn cached_embeddings_equal_fresh_ones_and_are_reused() {
 fn trainable_bert_matches_the_inference_model() {
     let enc = TextEncoder::load(&common::minilm_dir()).expect("load MiniLM");
     let (layers, heads, eps) = enc.architecture();
-    let bert = ecr_neural::bert::TrainableBert::load(enc.weights_path(), layers, heads, eps).expect("load");
+    let bert =
+        ecr_neural::bert::TrainableBert::load(enc.weights_path(), layers, heads, eps, enc.device()).expect("load");
     let texts = ["Hi", REFERENCE_TEXT, "Have you seen anything with Tom Hanks? I liked Big (1988)."];
     let (ids, mask) = enc.tokenize(&texts).unwrap();
     let ours = ecr_neural::text::mean_pool_normalize(&bert.forward(&ids, &mask).unwrap(), &mask)
