@@ -116,7 +116,7 @@ pub fn turn_latency(engine: &Engine, data_dir: &Path, options: &TurnBenchOptions
             let mut first: Option<Duration> = None;
             let mut n_tokens = 0;
             let out = session.turn_with(&u.text, &TurnOptions::default(), |e| {
-                if let Event::Token(_) = e.event {
+                if let Event::Token { .. } = e.event {
                     n_tokens += 1;
                     first.get_or_insert_with(|| start.elapsed());
                 }
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let d: Vec<Duration> = (1..=20).map(|i| Duration::from_millis(i)).collect();
+        let d: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
         let p = Percentiles::of(&d);
         assert_eq!((p.p50_ms, p.p95_ms), (10.0, 19.0));
         assert_eq!(Percentiles::of(&[]), Percentiles { p50_ms: 0.0, p95_ms: 0.0 });

@@ -30,6 +30,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Evaluate a recipe's trained stages on their test data.
     Eval(cli::train::EvalArgs),
+    /// Compare recipes over seeds: one table (mean ± std, both protocols) as Markdown, CSV and PNG.
+    Compare(cli::compare::CompareArgs),
     /// Throughput benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Train(args) => cli::train::train(args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => cli::train::eval(args).map(|()| ExitCode::SUCCESS),
+        Command::Compare(args) => cli::compare::run(args).map(|()| ExitCode::SUCCESS),
         Command::Bench(cmd) => cli::bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Command::Data(cmd) => cli::data::run(cmd).map(|()| ExitCode::SUCCESS),
     };

@@ -89,6 +89,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             } else {
                 println!("{report}");
             }
+            Ok(())
         }
         BenchCommand::Retrieve { rebuild, reloads, turns } => {
             let ctx = ecr::BuildContext::new("recipes/ecr.toml", "ecr", "retrieve");

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod compare;
 pub mod data;
 pub mod demo;
 pub mod recipe;

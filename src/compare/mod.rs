@@ -126,8 +126,7 @@ fn flatten(metrics: &serde_json::Value) -> BTreeMap<String, f64> {
 /// from the first recipe's first run.
 fn baseline_rows(first: &RecipeRuns) -> Vec<RecipeRuns> {
     let Some(m) = first.metrics.first() else { return vec![] };
-    let mut names: Vec<&str> =
-        m.keys().filter_map(|k| k.strip_prefix("baselines.")?.split('.').next()).collect();
+    let mut names: Vec<&str> = m.keys().filter_map(|k| k.strip_prefix("baselines.")?.split('.').next()).collect();
     names.dedup();
     names
         .into_iter()
@@ -235,11 +234,8 @@ pub fn compare(recipes: &[Recipe], options: &CompareOptions) -> Result<CompareOu
     let (files, chart_error) = match comparison.write_all(DEFAULT_METRICS, &out_dir) {
         Ok(files) => (files.to_vec(), None),
         Err(e) => {
-            let written: Vec<PathBuf> = ["comparison.md", "comparison.csv"]
-                .iter()
-                .map(|f| out_dir.join(f))
-                .filter(|p| p.is_file())
-                .collect();
+            let written: Vec<PathBuf> =
+                ["comparison.md", "comparison.csv"].iter().map(|f| out_dir.join(f)).filter(|p| p.is_file()).collect();
             (written, Some(e))
         }
     };
@@ -266,7 +262,10 @@ mod tests {
         let rows = baseline_rows(&first);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].recipe, "popularity (baseline)");
-        assert_eq!(rows[0].metrics[0], BTreeMap::from([("recall@10".into(), 0.05), ("new_items.recall@10".into(), 0.01)]));
+        assert_eq!(
+            rows[0].metrics[0],
+            BTreeMap::from([("recall@10".into(), 0.05), ("new_items.recall@10".into(), 0.01)])
+        );
     }
 
     #[test]
