@@ -126,8 +126,9 @@ pub fn turn_latency(engine: &Engine, data_dir: &Path, options: &TurnBenchOptions
             if seen <= options.warmup {
                 continue;
             }
-            for (i, t) in out.trace.iter().enumerate() {
-                per_stage[i.min(ids.len() - 1)].push(t.duration);
+            // The trace has one timing per enabled stage, in pipeline order, as `ids`.
+            for (samples, t) in per_stage.iter_mut().zip(&out.trace) {
+                samples.push(t.duration);
             }
             recs.push(out.trace.iter().take(rec_end).map(|t| t.duration).sum());
             totals.push(total);

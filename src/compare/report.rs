@@ -34,18 +34,8 @@ pub struct Comparison {
     pub runs: Vec<RecipeRuns>,
 }
 
-/// The default metric list: ["recall@1","recall@10","recall@50","recall_true@10","recall_true@50","auc","auc_global","ndcg@10","mrr@10"].
-pub const DEFAULT_METRICS: &[&str] = &[
-    "recall@1",
-    "recall@10",
-    "recall@50",
-    "recall_true@10",
-    "recall_true@50",
-    "auc",
-    "auc_global",
-    "ndcg@10",
-    "mrr@10",
-];
+/// The default metric list: the recommender's headline metrics.
+pub const DEFAULT_METRICS: &[&str] = ecr_neural::recommend::metrics::HEADLINE;
 
 /// Errors: a thiserror enum naming the file written or the font that could not be found (what to do: set ECR_FONT to a .ttf file).
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,19 @@ pub const KS: [usize; 3] = [1, 10, 50];
 /// The reference's evaluation batch size, which its AUC depends on.
 pub const AUC_BATCH: usize = 32;
 
+/// The headline metrics, in the order tables show them (`ecr eval`, `ecr compare`).
+pub const HEADLINE: &[&str] = &[
+    "recall@1",
+    "recall@10",
+    "recall@50",
+    "recall_true@10",
+    "recall_true@50",
+    "auc",
+    "auc_global",
+    "ndcg@10",
+    "mrr@10",
+];
+
 /// What the metrics need of one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Outcome {

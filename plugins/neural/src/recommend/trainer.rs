@@ -216,17 +216,7 @@ impl RecTrainer {
 
 /// A table of the headline metrics of `m` (and its baselines), both protocols.
 pub fn metrics_table(m: &serde_json::Value) -> String {
-    let keys = [
-        "recall@1",
-        "recall@10",
-        "recall@50",
-        "recall_true@10",
-        "recall_true@50",
-        "auc",
-        "auc_global",
-        "ndcg@10",
-        "mrr@10",
-    ];
+    let keys = super::metrics::HEADLINE;
     let row = |name: &str, v: &serde_json::Value, prefix: &str| {
         let cells: Vec<String> = keys
             .iter()
