@@ -24,7 +24,22 @@ pub mod stage;
 pub mod train;
 pub mod trainer;
 
+use candle_core::Device;
+use ecr_engine::BuildContext;
 use serde::{Deserialize, Serialize};
+
+/// The device the recommender's tensors live on, from the context
+/// ([`crate::device_of`]; an unknown or unavailable `ECR_DEVICE` is an
+/// error). The R-GCN's graph operations ([`sparse`]) have CPU kernels only,
+/// so another device falls back to the CPU with a warning rather than
+/// failing the recipe: the model is small and its steps are graph-bound.
+pub fn model_device(ctx: &BuildContext) -> crate::error::Result<Device> {
+    let device = crate::device_of(ctx)?;
+    if !device.is_cpu() {
+        tracing::warn!(device = %ctx.device(), "the recommender's graph operations run on the CPU only: using the CPU");
+    }
+    Ok(Device::Cpu)
+}
 
 /// The branches of the model, from what the recipe's enabled stages provide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

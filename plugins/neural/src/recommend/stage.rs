@@ -123,13 +123,13 @@ pub struct RecommenderStage {
     branches: Branches,
     names: Arc<Kg>,
     titles: Arc<MovieTitles>,
+    device: Device,
 }
 
 impl RecommenderStage {
     /// Load a trained model from `dir`.
     pub fn load(parts: RecommenderParts, dir: &Path) -> Result<Self, BoxError> {
-        let RecommenderParts { config, branches, kg, titles, encoder, cache } = parts;
-        let device = Device::Cpu;
+        let RecommenderParts { config, branches, kg, titles, encoder, cache, device } = parts;
         let items = item_set(&kg);
         let vm = VarMap::new();
         let mut p = Params::new(&vm, &device, 0);
@@ -147,6 +147,7 @@ impl RecommenderStage {
             branches,
             names: kg,
             titles,
+            device,
         })
     }
 }
@@ -165,6 +166,8 @@ pub struct RecommenderParts {
     pub encoder: Option<Arc<TextEncoder>>,
     /// Its embedding cache.
     pub cache: Option<EmbeddingCache>,
+    /// Where the model's tensors live ([`super::model_device`]).
+    pub device: Device,
 }
 
 impl RecommenderParts {
@@ -181,7 +184,8 @@ impl RecommenderParts {
             (None, None)
         };
         let branches = config.branches(ctx);
-        Ok(RecommenderParts { config, branches, kg, titles, encoder, cache })
+        let device = super::model_device(ctx)?;
+        Ok(RecommenderParts { config, branches, kg, titles, encoder, cache, device })
     }
 }
 
@@ -198,9 +202,9 @@ impl Stage for RecommenderStage {
                 let vecs = embed_cached(enc, guard.as_deref_mut(), &texts, false)?;
                 let mut flat = vec![0f32; enc.dim()];
                 vecs.iter().for_each(|v| flat.extend_from_slice(v));
-                (Tensor::from_vec(flat, (texts.len() + 1, enc.dim()), &Device::Cpu)?, texts)
+                (Tensor::from_vec(flat, (texts.len() + 1, enc.dim()), &self.device)?, texts)
             }
-            None => (Tensor::zeros((1, 384), candle_core::DType::F32, &Device::Cpu)?, vec![]),
+            None => (Tensor::zeros((1, 384), candle_core::DType::F32, &self.device)?, vec![]),
         };
         let row = |t: &str| rows.iter().position(|r| r == t).map_or(0, |i| i as u32 + 1);
         let batch = self.model.batch(&[&f], &row)?;

@@ -16,7 +16,6 @@ use super::stage::{RecommenderConfig, RecommenderParts, expected_meta, item_set}
 use super::train::{GoldTurn, RecObjective, SplitExamples, TextTable, evaluate, examples_from};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::fit::{Params, fit, param_count};
-use candle_core::Device;
 use candle_nn::VarMap;
 use ecr_data::linker::at_mentions;
 use ecr_data::replay::{RedialSplits, script};
@@ -169,7 +168,7 @@ impl RecTrainer {
         splits: &[&SplitExamples],
         progress: bool,
     ) -> Result<TextTable, BoxError> {
-        let device = Device::Cpu;
+        let device = parts.device.clone();
         Ok(match &parts.encoder {
             Some(enc) => TextTable::build(enc, parts.cache.as_mut(), splits, &device, progress)?,
             None => TextTable {
@@ -180,7 +179,7 @@ impl RecTrainer {
     }
 
     fn model(&self, parts: &RecommenderParts, vm: &VarMap, seed: u64) -> Result<Recommender, BoxError> {
-        let mut p = Params::new(vm, &Device::Cpu, seed);
+        let mut p = Params::new(vm, &parts.device, seed);
         let dim = parts.encoder.as_ref().map_or(384, |e| e.dim());
         Ok(Recommender::new(&mut p, &parts.kg, &item_set(&parts.kg), self.config.model, parts.branches, dim)?)
     }
@@ -294,7 +293,7 @@ impl Trainable for RecTrainer {
             train: &data.train,
             valid: &data.valid,
             text: &text,
-            device: Device::Cpu,
+            device: parts.device.clone(),
             history: vec![],
         };
         let fit_report = fit(&vm, &mut objective, &fc, "recommender", cx.options.progress)?;
@@ -347,7 +346,7 @@ impl Trainable for RecTrainer {
         let vm = VarMap::new();
         let model = self.model(&parts, &vm, 0)?;
         let dir = self.dir_for(cx.options.seed);
-        checkpoint::load(&dir, &vm, &self.expected(&parts)?, &Device::Cpu)?;
+        checkpoint::load(&dir, &vm, &self.expected(&parts)?, &parts.device)?;
         let mut metrics = Self::test_metrics(&model, &data, &text)?;
         metrics["seed"] = cx.options.seed.unwrap_or(self.config.train.seed).into();
         Ok(EvalReport { text: metrics_table(&metrics), metrics })
