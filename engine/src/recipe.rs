@@ -6,6 +6,8 @@
 //! description = "..."
 //! pipeline = ["link", "emotion"]
 //! extends = "base.toml"        # optional; deep-merged key by key, this file wins
+//! data_sample = 0.2            # optional; the fraction of the data's dialogues that training
+//!                              # and evaluation use (default 1: all), for quick recipes
 //!
 //! [stages.link]
 //! use = "entity_linker"        # a registered factory, "lua" or "dylib"
@@ -203,6 +205,9 @@ impl Recipe {
         header.insert("description".into(), self.description.clone().into());
         let pipeline: Vec<toml::Value> = self.stages.iter().map(|s| s.id.clone().into()).collect();
         header.insert("pipeline".into(), pipeline.into());
+        if self.context.data_sample() < 1.0 {
+            header.insert("data_sample".into(), self.context.data_sample().into());
+        }
         root.insert("recipe".into(), header.into());
         let mut stages = toml::Table::new();
         for s in &self.stages {
@@ -473,7 +478,7 @@ impl<'r> Loader<'r> {
             self.error_value(&header, "recipe", "expected a table".into());
             return None;
         }
-        self.unknown_keys(&header, "recipe", &["name", "description", "pipeline", "extends"]);
+        self.unknown_keys(&header, "recipe", &["name", "description", "pipeline", "extends", "data_sample"]);
         let name = match header.get("name").cloned() {
             Some(n) => self.string_leaf(&n, "recipe.name"),
             None => {
@@ -485,6 +490,7 @@ impl<'r> Loader<'r> {
             Some(d) => self.string_leaf(&d, "recipe.description").unwrap_or_default(),
             None => String::new(),
         };
+        let data_sample = header.get("data_sample").cloned().and_then(|n| self.data_sample(&n)).unwrap_or(1.0);
         let pipeline = self.pipeline(&header);
         let stage_tables = match root.get("stages").cloned() {
             Some(Node { kind: NodeKind::Table(t), .. }) => t,
@@ -494,7 +500,7 @@ impl<'r> Loader<'r> {
             }
             None => BTreeMap::new(),
         };
-        let context = BuildContext::new(path, name.clone().unwrap_or_default(), "");
+        let context = BuildContext::new(path, name.clone().unwrap_or_default(), "").with_data_sample(data_sample);
         let ids: BTreeSet<&str> = pipeline.iter().map(|(id, _)| id.as_str()).collect();
         for (id, table) in &stage_tables {
             if !ids.contains(id.as_str()) {
@@ -533,6 +539,32 @@ impl<'r> Loader<'r> {
             stages: stages.into_iter().map(|(s, _)| s).collect(),
             context,
         })
+    }
+
+    /// `recipe.data_sample`: a fraction in (0, 1].
+    fn data_sample(&mut self, node: &Node) -> Option<f64> {
+        let value = match &node.kind {
+            NodeKind::Leaf(toml::Value::Float(f), _) => *f,
+            NodeKind::Leaf(toml::Value::Integer(i), _) => *i as f64,
+            NodeKind::Leaf(v, _) => {
+                let t = type_name(v);
+                self.error_value(node, "recipe.data_sample", format!("expected a number in (0, 1], found a {t}"));
+                return None;
+            }
+            NodeKind::Table(_) => {
+                self.error_value(node, "recipe.data_sample", "expected a number in (0, 1], found a table".into());
+                return None;
+            }
+        };
+        if !(value > 0.0 && value <= 1.0) {
+            self.error_value(
+                node,
+                "recipe.data_sample",
+                format!("{value} is not in (0, 1]: 1 uses every dialogue, 0.2 a fifth of them"),
+            );
+            return None;
+        }
+        Some(value)
     }
 
     fn pipeline(&mut self, header: &Node) -> Vec<(String, Node)> {

@@ -275,6 +275,7 @@ pub struct BuildContext {
     /// Fields written before this stage runs (the session's and earlier enabled stages').
     provided: Arc<BTreeSet<Field>>,
     resources: Resources,
+    data_sample: f64,
 }
 
 impl BuildContext {
@@ -287,6 +288,7 @@ impl BuildContext {
             path_bases: Default::default(),
             provided: Arc::new(Field::GIVEN.iter().cloned().collect()),
             resources: Resources::new(),
+            data_sample: 1.0,
         }
     }
 
@@ -310,6 +312,19 @@ impl BuildContext {
     /// between several engines).
     pub fn with_resources(&self, resources: Resources) -> Self {
         BuildContext { resources, ..self.clone() }
+    }
+
+    /// The same context with `recipe.data_sample` set to `fraction`.
+    pub fn with_data_sample(&self, fraction: f64) -> Self {
+        BuildContext { data_sample: fraction, ..self.clone() }
+    }
+
+    /// `recipe.data_sample`: the fraction of each data split's dialogues that
+    /// training and evaluation use (1, the default, means all). Quick recipes
+    /// use less so that they train in minutes; the data layer picks the
+    /// dialogues by a hash of their id, so a sample is stable as the data grows.
+    pub fn data_sample(&self) -> f64 {
+        self.data_sample
     }
 
     /// The recipe file.

@@ -194,6 +194,25 @@ fn engine_keys_are_checked_too() {
 }
 
 #[test]
+fn data_sample_is_inherited_shown_and_checked() {
+    write("sampled.toml", "[recipe]\nname = \"sampled\"\nextends = \"base.toml\"\ndata_sample = 0.2\n");
+    let child = write("child.toml", "[recipe]\nname = \"child\"\nextends = \"sampled.toml\"\n");
+    let r = Recipe::load(&child, &registry()).unwrap();
+    assert_eq!(r.context().data_sample(), 0.2);
+    assert_eq!(r.context().for_stage("tag").data_sample(), 0.2);
+    assert!(r.to_toml().contains("data_sample = 0.2"), "{}", r.to_toml());
+    assert_eq!(Recipe::load(dir().join("base.toml"), &registry()).unwrap().context().data_sample(), 1.0);
+    for (bad, says) in [("0", "0 is not in (0, 1]"), ("1.5", "1.5 is not in (0, 1]"), ("\"half\"", "found a string")] {
+        let p = write(
+            "bad_sample.toml",
+            &format!("[recipe]\nname = \"b\"\nextends = \"base.toml\"\ndata_sample = {bad}\n"),
+        );
+        let e = one_error(&p);
+        assert!(e.contains("bad_sample.toml:4:15: recipe.data_sample: ") && e.contains(says), "{e}");
+    }
+}
+
+#[test]
 fn a_stage_reading_what_nobody_wrote_names_both_stages() {
     let p = write(
         "flow.toml",

@@ -175,9 +175,7 @@ impl GlobalTrainer {
     }
 
     fn data_fingerprint(&self) -> Result<String, BoxError> {
-        let dir = self.ctx.data_dir()?;
-        let files = [dir.join("redial/train.jsonl"), dir.join("redial/test.jsonl")];
-        Ok(crate::replay::files_fingerprint(&[&files[0], &files[1]])?)
+        Ok(RedialSplits::fingerprint(&self.ctx.data_dir()?, self.ctx.data_sample())?)
     }
 }
 
@@ -200,7 +198,7 @@ impl Trainable for GlobalTrainer {
             why.push("an upstream stage (linker, tagger, local emotion) changed or was retrained".to_string());
         }
         if was.data != self.data_fingerprint()? {
-            why.push("redial/train.jsonl or test.jsonl changed".to_string());
+            why.push("redial/train.jsonl or test.jsonl (or recipe.data_sample) changed".to_string());
         }
         Ok(if why.is_empty() {
             TrainStatus::UpToDate(format!("statistics {}", file.display()))
@@ -216,7 +214,7 @@ impl Trainable for GlobalTrainer {
 
     fn train(&self, cx: &TrainContext<'_>) -> Result<TrainReport, BoxError> {
         let dir = self.ctx.data_dir()?;
-        let splits = RedialSplits::load(&dir)?;
+        let splits = RedialSplits::load(&dir, self.ctx.data_sample())?;
         let kg = self.ctx.resources().get(&KgKey(dir))?;
         // Every split is replayed (the cache of the dialogue-shaping stages is then the one the
         // recommender's trainer reads too); only the training dialogues are counted.

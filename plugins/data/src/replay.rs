@@ -49,8 +49,10 @@ pub struct RedialSplits {
 }
 
 impl RedialSplits {
-    /// Load the splits from the data directory.
-    pub fn load(dir: &Path) -> Result<Self, crate::DataError> {
+    /// Load the splits from the data directory, keeping the `sample` fraction
+    /// of each one's conversations (`recipe.data_sample`, [`crate::splits::in_sample`];
+    /// 1 keeps all). The fingerprint covers the files and the sample.
+    pub fn load(dir: &Path, sample: f64) -> Result<Self, crate::DataError> {
         let train_path = crate::paths::require_file(dir, "redial/train.jsonl")?;
         let test_path = crate::paths::require_file(dir, "redial/test.jsonl")?;
         let all = crate::redial::load_conversations(&train_path)?;
@@ -60,13 +62,19 @@ impl RedialSplits {
                 .into_iter()
                 .map(String::from)
                 .collect();
-        let (valid, train) = all.into_iter().partition(|c| valid_ids.contains(&c.id));
-        Ok(RedialSplits {
-            train,
-            valid,
-            test: crate::redial::load_conversations(&test_path)?,
-            fingerprint: files_fingerprint(&[&train_path, &test_path])?,
-        })
+        let keep = |c: &Conversation| crate::splits::in_sample(&c.id, sample);
+        let (valid, train): (Vec<_>, Vec<_>) = all.into_iter().filter(keep).partition(|c| valid_ids.contains(&c.id));
+        let test = crate::redial::load_conversations(&test_path)?.into_iter().filter(keep).collect();
+        Ok(RedialSplits { train, valid, test, fingerprint: Self::fingerprint(dir, sample)? })
+    }
+
+    /// The fingerprint [`RedialSplits::load`] gives, without loading the
+    /// conversations (for "is it up to date?" checks).
+    pub fn fingerprint(dir: &Path, sample: f64) -> Result<String, crate::DataError> {
+        let train_path = crate::paths::require_file(dir, "redial/train.jsonl")?;
+        let test_path = crate::paths::require_file(dir, "redial/test.jsonl")?;
+        let files = files_fingerprint(&[&train_path, &test_path])?;
+        Ok(if sample < 1.0 { Fingerprint::new().str(&files).str(&format!("sample {sample}")).hex() } else { files })
     }
 }
 

@@ -25,8 +25,27 @@ pub fn validation_ids<'a>(ids: impl IntoIterator<Item = &'a str>, fraction: f64,
     keyed.into_iter().take(k).map(|(_, id)| id).collect()
 }
 
+/// Whether conversation `id` belongs to a sample of `fraction` of the
+/// conversations (`recipe.data_sample`): by a hash of the id alone, so a
+/// conversation stays in (or out of) the sample as the data grows, and the
+/// sample is independent of the validation split. `fraction >= 1` keeps all.
+pub fn in_sample(id: &str, fraction: f64) -> bool {
+    const SEED: u64 = 0x5341_4D50_4C45;
+    fraction >= 1.0 || (splitmix64(fnv1a(id) ^ splitmix64(SEED)) as f64) < fraction * u64::MAX as f64
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sample_keeps_about_its_fraction_and_grows_with_it() {
+        let ids: Vec<String> = (0..4000).map(|i| format!("{}", 20000 + i)).collect();
+        let fifth: Vec<&String> = ids.iter().filter(|id| in_sample(id, 0.2)).collect();
+        assert!((700..900).contains(&fifth.len()), "{}", fifth.len());
+        // A larger sample contains the smaller one; 1 keeps everything.
+        assert!(fifth.iter().all(|id| in_sample(id, 0.5)));
+        assert!(ids.iter().all(|id| in_sample(id, 1.0)));
+    }
+
     use super::*;
 
     #[test]

@@ -215,3 +215,23 @@ fn the_entity_linker_stage_runs_in_an_engine() {
     assert!(err.contains("stopwords"), "{err}");
     std::fs::remove_file(&recipe).unwrap();
 }
+
+#[test]
+fn a_data_sample_is_a_stable_fraction_of_every_split() {
+    use ecr_data::replay::RedialSplits;
+    let d = dir();
+    let all = RedialSplits::load(&d, 1.0).unwrap();
+    let fifth = RedialSplits::load(&d, 0.2).unwrap();
+    for (name, whole, part) in
+        [("train", &all.train, &fifth.train), ("valid", &all.valid, &fifth.valid), ("test", &all.test, &fifth.test)]
+    {
+        let share = part.len() as f64 / whole.len() as f64;
+        assert!((0.15..0.25).contains(&share), "{name}: {} of {}", part.len(), whole.len());
+        let ids: std::collections::HashSet<&str> = whole.iter().map(|c| c.id.as_str()).collect();
+        assert!(part.iter().all(|c| ids.contains(c.id.as_str())), "{name}: the sample is a subset");
+    }
+    // The sample is part of the identity of what is trained from it.
+    assert_ne!(all.fingerprint, fifth.fingerprint);
+    assert_eq!(fifth.fingerprint, RedialSplits::fingerprint(&d, 0.2).unwrap());
+    assert_eq!(all.fingerprint, RedialSplits::fingerprint(&d, 1.0).unwrap());
+}

@@ -53,6 +53,11 @@ impl Default for LoadOptions {
 pub struct GenerateParams {
     /// Stop after this many new tokens.
     pub max_new_tokens: usize,
+    /// Generate at least this many new tokens: until then the end-of-sequence token, the other
+    /// control tokens and the tokens that contain a stop sequence are banned (Hugging Face's
+    /// `min_new_tokens`, extended to the stop sequences). An instruct model prompted to continue
+    /// a finished opening sentence otherwise often ends its turn at once.
+    pub min_new_tokens: usize,
     /// Token choice.
     pub sampling: SamplingParams,
     /// Stop when the text contains one of these; the text ends before it. (The end-of-sequence
@@ -62,7 +67,12 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_new_tokens: 128, sampling: SamplingParams::default(), stop: vec!["<|im_end|>".into()] }
+        Self {
+            max_new_tokens: 128,
+            min_new_tokens: 0,
+            sampling: SamplingParams::default(),
+            stop: vec!["<|im_end|>".into()],
+        }
     }
 }
 
@@ -279,7 +289,15 @@ impl Session<'_> {
         let mut emitted: usize = 0; // bytes of `out.text` already given to the callback
         let max_stop = params.stop.iter().map(String::len).max().unwrap_or(0);
         let mut first_at = None;
+        let early_stops = if params.min_new_tokens > 0 { early_stop_tokens(&tok, &params.stop) } else { Vec::new() };
         while out.tokens.len() < params.max_new_tokens {
+            if out.tokens.len() < params.min_new_tokens {
+                for &t in &early_stops {
+                    if let Some(l) = logits.get_mut(t as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             let next = sampler.sample(&mut logits, &history);
             if first_at.is_none() {
                 first_at = Some(Instant::now());
@@ -333,6 +351,20 @@ impl Session<'_> {
         }
         Ok(out)
     }
+}
+
+/// The tokens [`GenerateParams::min_new_tokens`] bans: end-of-sequence, the other control tokens,
+/// and every token whose text contains a stop sequence (a `"\n"` stop bans the newline tokens).
+fn early_stop_tokens(tok: &LlmTokenizer, stops: &[String]) -> Vec<u32> {
+    let stops: Vec<&[u8]> = stops.iter().filter(|s| !s.is_empty()).map(|s| s.as_bytes()).collect();
+    (0..tok.vocab_size() as u32)
+        .filter(|&t| {
+            let bytes = tok.token_bytes(t);
+            t == tok.eos_id()
+                || tok.is_special(t)
+                || stops.iter().any(|s| bytes.len() >= s.len() && bytes.windows(s.len()).any(|w| w == *s))
+        })
+        .collect()
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {

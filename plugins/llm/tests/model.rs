@@ -204,6 +204,7 @@ fn no_repeat_ngram_holds_on_the_output() {
         max_new_tokens: 60,
         sampling: SamplingParams { no_repeat_ngram: 3, ..Default::default() },
         stop: vec![],
+        ..Default::default()
     };
     let plain = fast()
         .generate(&prompt, &GenerateParams { sampling: SamplingParams::default(), ..params.clone() }, |_| {
@@ -274,6 +275,32 @@ fn greedy_chat_answers_end_with_eos() {
     let out = fast().generate(&chat("Say hello."), &greedy(60), |_| ControlFlow::Continue(())).unwrap();
     assert_eq!(out.stop, StopReason::Eos, "{:?}", out.text);
     assert!(!out.text.contains("<|im_end|>"));
+}
+
+#[test]
+fn min_new_tokens_keeps_a_finished_opening_sentence_going() {
+    // ECR's shape (recipes/ecr.toml): the knowledge fields, then a reply that starts with a
+    // complete opening sentence, which the base model takes as the end of its turn.
+    let prompt = "<|im_start|>system\nYou are a warm movie recommender chatting with a user. Recommend the movie \
+                  named below in two or three sentences, sharing how it makes viewers feel. Use only the facts \
+                  given.<|im_end|>\n<|im_start|>user\nMovie Name: Jaws (1975)\nRelated Knowledge: Jaws (1975) was \
+                  directed by Steven Spielberg. Jaws (1975) stars Roy Scheider.\nWhat viewers felt: \"The tension \
+                  never lets up.\"\nFirst Sentence: I think you would love Jaws (1975).<|im_end|>\n\
+                  <|im_start|>assistant\nI think you would love Jaws (1975).";
+    let stops = vec!["<|im_end|>".to_string(), "\n".to_string()];
+    let params = |min| GenerateParams { min_new_tokens: min, stop: stops.clone(), ..greedy(40) };
+    let plain = fast().generate(prompt, &params(0), |_| ControlFlow::Continue(())).unwrap();
+    assert!(plain.tokens.len() < 5, "the control no longer stops early: {:?}", plain.text);
+    let kept = fast().generate(prompt, &params(12), |_| ControlFlow::Continue(())).unwrap();
+    assert!(kept.tokens.len() >= 12, "{} tokens: {:?}", kept.tokens.len(), kept.text);
+    // Before the minimum: no control token and no token holding a stop sequence (the newline).
+    let tok = tokenizer();
+    assert!(
+        kept.tokens[..12].iter().all(|&t| !tok.is_special(t) && !tok.token_bytes(t).contains(&b'\n')),
+        "{:?}",
+        kept.tokens
+    );
+    assert!(!kept.text.contains("<|im") && !kept.text.contains('\n'), "{:?}", kept.text);
 }
 
 #[test]

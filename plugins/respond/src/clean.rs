@@ -19,11 +19,15 @@ pub struct ReviewFilter {
     pub max_words: usize,
     /// Drop reviews whose word-repetition rate is above this (ECR: 0.5).
     pub max_repetition: f64,
+    /// Keep at most this many reviews per movie, the first ones in the file (ECR keeps all; a
+    /// quick recipe caps them so that the database builds in a fraction of the time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_reviews_per_movie: Option<usize>,
 }
 
 impl Default for ReviewFilter {
     fn default() -> Self {
-        ReviewFilter { min_rating: 10, min_words: 20, max_words: 150, max_repetition: 0.5 }
+        ReviewFilter { min_rating: 10, min_words: 20, max_words: 150, max_repetition: 0.5, max_reviews_per_movie: None }
     }
 }
 
@@ -41,6 +45,9 @@ impl ReviewFilter {
         }
         if !(0.0..=1.0).contains(&self.max_repetition) {
             return Err(("max_repetition".into(), format!("{} is not in [0, 1]", self.max_repetition)));
+        }
+        if self.max_reviews_per_movie == Some(0) {
+            return Err(("max_reviews_per_movie".into(), "0 keeps no review: use at least 1, or leave it out".into()));
         }
         Ok(())
     }

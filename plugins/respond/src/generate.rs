@@ -54,7 +54,8 @@ pub struct GeneratorConfig {
     pub model: String,
     /// Which decoder and how (`decoder = "fast"` or `"candle"`, `threads`, ...).
     pub load: LoadOptions,
-    /// Max new tokens, sampling (greedy or seeded temperature/top-p, no-repeat-n-gram), stop sequences.
+    /// Max and min new tokens, sampling (greedy or seeded temperature/top-p, no-repeat-n-gram), stop
+    /// sequences.
     pub generate: GenerateParams,
 }
 
@@ -64,7 +65,7 @@ impl Default for GeneratorConfig {
         GeneratorConfig {
             model: DEFAULT_MODEL.into(),
             load: LoadOptions::default(),
-            generate: GenerateParams { max_new_tokens: 60, sampling, ..GenerateParams::default() },
+            generate: GenerateParams { max_new_tokens: 60, min_new_tokens: 20, sampling, ..GenerateParams::default() },
         }
     }
 }
@@ -114,6 +115,15 @@ impl StageFactory for GeneratorFactory {
             .collect();
         if config.generate.max_new_tokens == 0 {
             issues.push(ConfigIssue::new("generate.max_new_tokens", "must be at least 1"));
+        }
+        if config.generate.min_new_tokens > config.generate.max_new_tokens {
+            issues.push(ConfigIssue::new(
+                "generate.min_new_tokens",
+                format!(
+                    "{} is more than max_new_tokens ({}): lower it or raise max_new_tokens",
+                    config.generate.min_new_tokens, config.generate.max_new_tokens
+                ),
+            ));
         }
         issues
     }
@@ -194,7 +204,7 @@ impl ecr_engine::Trainable for ResponseEval {
         use ecr_data::keys::{CatalogueKey, KgKey, LinkerKey};
         let n = cx.options.responses.unwrap_or(50);
         let dir = self.ctx.data_dir()?;
-        let splits = ecr_data::replay::RedialSplits::load(&dir)?;
+        let splits = ecr_data::replay::RedialSplits::load(&dir, self.ctx.data_sample())?;
         let kg = self.ctx.resources().get(&KgKey(dir.clone()))?;
         let catalogue = self.ctx.resources().get(&CatalogueKey(dir.clone()))?;
         let linker = self.ctx.resources().get(&LinkerKey { dir, options: Default::default() })?;

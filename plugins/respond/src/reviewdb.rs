@@ -347,6 +347,10 @@ impl ReviewDb {
             match review_sentences(&r.text, r.rating, &params.filter) {
                 Ok(s) => {
                     let e = grouped.entry(r.imdb_id.clone()).or_default();
+                    if params.filter.max_reviews_per_movie.is_some_and(|max| e.1.len() >= max) {
+                        *stats.dropped.entry("over max_reviews_per_movie".into()).or_default() += 1;
+                        continue;
+                    }
                     for id in &r.redial_ids {
                         if !e.0.contains(id) {
                             e.0.push(*id);

@@ -111,11 +111,25 @@ fn the_database_persists_reloads_to_the_same_results_and_rebuilds_on_change() {
     let (_, how) = ReviewDb::open(&dir, &sources(f, &reviews), &params).unwrap();
     assert!(matches!(&how, Opened::Built(r) if r.contains("changed")), "{how:?}");
     // Other parameters live in another directory.
-    let other =
-        ReviewDbParams { filter: ecr_respond::clean::ReviewFilter { min_words: 30, ..Default::default() }, ..params };
+    let other = ReviewDbParams {
+        filter: ecr_respond::clean::ReviewFilter { min_words: 30, ..Default::default() },
+        ..params.clone()
+    };
     let (_, how) = ReviewDb::open(&dir, &sources(f, &reviews), &other).unwrap();
     assert!(matches!(how, Opened::Built(_)), "{how:?}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count(), 2);
+    // A cap on reviews per movie (quick recipes) keeps the first ones and counts the rest.
+    let filter = ecr_respond::clean::ReviewFilter { max_reviews_per_movie: Some(2), ..Default::default() };
+    let (capped, _) =
+        ReviewDb::open(&dir, &sources(f, &reviews), &ReviewDbParams { filter, ..params.clone() }).unwrap();
+    let (full, _) = ReviewDb::open(&dir, &sources(f, &reviews), &params).unwrap();
+    for m in 0..capped.movies().len() {
+        let reviews: std::collections::BTreeSet<u32> =
+            capped.movie_sentences(m).map(|i| capped.sentences()[i].review).collect();
+        assert!((1..=2).contains(&reviews.len()), "movie {m}: {} reviews", reviews.len());
+    }
+    let over = capped.stats().dropped.get("over max_reviews_per_movie").copied().unwrap_or(0);
+    assert!(over > 0 && capped.stats().kept_reviews + over == full.stats().kept_reviews, "{:?}", capped.stats());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -131,7 +131,7 @@ impl RecTrainer {
     /// Replay the upstream stages over train, valid and test, and build the examples.
     fn data(&self, cx: &TrainContext<'_>, parts: &RecommenderParts) -> Result<Data, BoxError> {
         let dir = self.ctx.data_dir()?;
-        let splits = RedialSplits::load(&dir)?;
+        let splits = RedialSplits::load(&dir, self.ctx.data_sample())?;
         let catalogue = self.ctx.resources().get(&CatalogueKey(dir))?;
         let movie_entity: HashMap<u32, u32> =
             link_movies(&catalogue, &parts.kg).into_iter().map(|(m, (e, _))| (m, e)).collect();
@@ -253,9 +253,9 @@ impl Trainable for RecTrainer {
         if was.upstream != upstream {
             why.push("an upstream stage changed or was retrained".to_string());
         }
-        let data = RedialSplits::load(&self.ctx.data_dir()?)?.fingerprint;
+        let data = RedialSplits::fingerprint(&self.ctx.data_dir()?, self.ctx.data_sample())?;
         if was.data != data {
-            why.push("redial/train.jsonl or test.jsonl changed".to_string());
+            why.push("redial/train.jsonl or test.jsonl (or recipe.data_sample) changed".to_string());
         }
         if was.train != serde_json::to_value(&self.config.train)? {
             why.push("the training configuration changed".to_string());
@@ -308,7 +308,7 @@ impl Trainable for RecTrainer {
         std::fs::write(dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?)?;
         let record = TrainedFrom {
             upstream: cx.upstream_fingerprint.to_string(),
-            data: RedialSplits::load(&self.ctx.data_dir()?)?.fingerprint,
+            data: RedialSplits::fingerprint(&self.ctx.data_dir()?, self.ctx.data_sample())?,
             train: serde_json::to_value(&self.config.train)?,
             reweighted: data.reweighted,
         };
