@@ -2,7 +2,7 @@
 
 use clap::Args;
 use ecr::Recipe;
-use ecr::compare::{CompareOptions, DEFAULT_METRICS, compare};
+use ecr::compare::{CompareOptions, DEFAULT_METRICS, compare, compare_paired};
 use std::path::PathBuf;
 
 /// Options of `ecr compare`.
@@ -20,6 +20,10 @@ pub struct CompareArgs {
     /// Output directory (default: runs/compare/).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Compare two recipes instance by instance at their own seeds (Recall@K overall and by
+    /// feedback, emotional context, context size, mentioned gold; sign tests) instead.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "10")]
+    pub paired: Option<usize>,
 }
 
 /// Run the comparison and print the table.
@@ -28,6 +32,15 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let recipes = args.recipes.iter().map(|p| Recipe::load(p, &registry)).collect::<Result<Vec<_>, _>>()?;
     let options =
         CompareOptions { stage: args.stage, extra_seeds: (1..args.seeds).collect(), out_dir: args.out, progress: true };
+    if let Some(k) = args.paired {
+        let [a, b] = &recipes[..] else {
+            anyhow::bail!("--paired compares exactly two recipes, got {}", recipes.len())
+        };
+        let (table, file) = compare_paired(a, b, &options, k)?;
+        println!("{table}");
+        eprintln!("paired comparison written to {}", file.display());
+        return Ok(());
+    }
     let start = std::time::Instant::now();
     let outcome = compare(&recipes, &options)?;
     println!("{}", outcome.comparison.to_markdown(DEFAULT_METRICS));

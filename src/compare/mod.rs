@@ -89,6 +89,9 @@ pub enum CompareError {
     /// No recipe was given.
     #[error("no recipe to compare: name at least one recipe file")]
     Empty,
+    /// A paired comparison could not be made.
+    #[error("paired comparison: {0}")]
+    Paired(String),
 }
 
 /// A cached (recipe, seed) result.
@@ -240,6 +243,45 @@ pub fn compare(recipes: &[Recipe], options: &CompareOptions) -> Result<CompareOu
         }
     };
     Ok(CompareOutcome { comparison, files, chart_error, computed, cached })
+}
+
+/// The paired comparison of two recipes (`ecr compare --paired A B`): both
+/// are brought up to date and their compared stage evaluated at its own
+/// seed; the per-instance outcomes it reports (`instances` in its metrics,
+/// the recommender's [`ecr_neural::recommend::paired`] records) are compared
+/// instance by instance at Recall@`k`, overall and by group. Returns the
+/// Markdown table, also written to `paired-<a>-<b>.md` in the output directory.
+pub fn compare_paired(
+    a: &Recipe,
+    b: &Recipe,
+    options: &CompareOptions,
+    k: usize,
+) -> Result<(String, PathBuf), CompareError> {
+    use ecr_neural::recommend::paired::{paired, read_instances, to_markdown};
+    let job = JobOptions { progress: options.progress, ..Default::default() };
+    let mut records = Vec::new();
+    for recipe in [a, b] {
+        let name = recipe.path().display().to_string();
+        let engine = |source| CompareError::Engine { recipe: name.clone(), source };
+        train_recipe(recipe, &TrainOptions { job: job.clone(), ..Default::default() }).map_err(engine)?;
+        let report = evaluate_recipe(recipe, Some(&options.stage), &job).map_err(engine)?.pop().map(|(_, r)| r.metrics);
+        let path = report.as_ref().and_then(|m| m.get("instances")).and_then(|v| v.as_str()).ok_or_else(|| {
+            CompareError::Paired(format!(
+                "recipe {name}: stage {:?} reports no per-instance outcomes (`instances`); compare a recommender",
+                options.stage
+            ))
+        })?;
+        records.push(read_instances(Path::new(path)).map_err(CompareError::Paired)?);
+    }
+    let rows = paired(&records[0], &records[1], k).map_err(CompareError::Paired)?;
+    let table = to_markdown(&rows, a.name(), b.name(), k);
+    let out_dir =
+        options.out_dir.clone().unwrap_or_else(|| a.run_dir().parent().unwrap_or(Path::new("runs")).join("compare"));
+    let file = out_dir.join(format!("paired-{}-{}.md", a.name(), b.name()));
+    let io = |source| CompareError::Io { path: file.clone(), source };
+    std::fs::create_dir_all(&out_dir).map_err(io)?;
+    std::fs::write(&file, &table).map_err(io)?;
+    Ok((table, file))
 }
 
 #[cfg(test)]

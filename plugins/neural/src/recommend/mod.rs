@@ -19,6 +19,7 @@
 pub mod features;
 pub mod metrics;
 pub mod model;
+pub mod paired;
 pub mod sparse;
 pub mod stage;
 pub mod train;

@@ -12,6 +12,7 @@
 
 use super::metrics::{Outcome, popularity_scores, repeat_scores, report};
 use super::model::Recommender;
+use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
 use super::stage::{RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{GoldTurn, RecObjective, SplitExamples, TextTable, evaluate, examples_from};
 use crate::checkpoint::{self, CheckpointMeta};
@@ -26,7 +27,7 @@ use ecr_engine::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What the checkpoint was trained from, beside it.
 pub const TRAINED_FROM_FILE: &str = "trained_from.json";
@@ -184,9 +185,29 @@ impl RecTrainer {
         Ok(Recommender::new(&mut p, &parts.kg, &item_set(&parts.kg), self.config.model, parts.branches, dim)?)
     }
 
-    /// The test metrics of `model`, both protocols, beside the popularity and repeat baselines.
-    fn test_metrics(model: &Recommender, data: &Data, text: &TextTable) -> Result<serde_json::Value, BoxError> {
-        let m = report(&evaluate(model, &data.test, text)?);
+    /// The test metrics of `model`, both protocols, beside the popularity and repeat baselines;
+    /// the per-instance outcomes go to `dir`/[`INSTANCES_FILE`] (named in the metrics as `instances`).
+    fn test_metrics(
+        model: &Recommender,
+        data: &Data,
+        text: &TextTable,
+        dir: &Path,
+    ) -> Result<serde_json::Value, BoxError> {
+        let outcomes = evaluate(model, &data.test, text)?;
+        let m = report(&outcomes);
+        let records: Vec<InstanceRecord> = data
+            .test
+            .examples
+            .iter()
+            .zip(&outcomes)
+            .map(|(x, o)| {
+                let slots = &data.test.turns[x.turn].slots;
+                let emotional = slots.iter().filter(|s| !s.emotions.is_empty()).count();
+                InstanceRecord::new(x.turn, model.items()[x.gold], o, slots.len(), emotional)
+            })
+            .collect();
+        let instances = dir.join(INSTANCES_FILE);
+        write_instances(&instances, &records).map_err(|e| format!("{}: {e}", instances.display()))?;
         let n_items = model.items().len();
         let pop = popularity_scores(n_items, data.train.examples.iter().map(|x| x.gold));
         let index = model.item_index();
@@ -205,6 +226,7 @@ impl RecTrainer {
         };
         let mut v = serde_json::to_value(&m)?;
         v["n"] = data.test.examples.len().into();
+        v["instances"] = instances.display().to_string().into();
         v["baselines"] = serde_json::json!({
             "popularity": base(&|_| pop.clone()),
             "repeat_mentioned": base(&|m| repeat_scores(&pop, m)),
@@ -302,7 +324,7 @@ impl Trainable for RecTrainer {
             serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
         let dir = self.dir_for(cx.options.seed);
         checkpoint::save(&dir, &vm, &meta)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text, &dir)?;
         metrics["seed"] = fc.seed.into();
         metrics["fit_seconds"] = fit_report.seconds.into();
         std::fs::write(dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?)?;
@@ -347,7 +369,7 @@ impl Trainable for RecTrainer {
         let model = self.model(&parts, &vm, 0)?;
         let dir = self.dir_for(cx.options.seed);
         checkpoint::load(&dir, &vm, &self.expected(&parts)?, &parts.device)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text, &dir)?;
         metrics["seed"] = cx.options.seed.unwrap_or(self.config.train.seed).into();
         Ok(EvalReport { text: metrics_table(&metrics), metrics })
     }
