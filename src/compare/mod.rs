@@ -158,14 +158,16 @@ fn write_cached(path: &Path, run: &CachedRun) -> Result<(), CompareError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// `options.out_dir`, else `runs/compare/` beside the first recipe's run directory.
+fn output_dir(first: &Recipe, options: &CompareOptions) -> PathBuf {
+    options.out_dir.clone().unwrap_or_else(|| first.run_dir().parent().unwrap_or(Path::new("runs")).join("compare"))
+}
+
 /// Compare `recipes` (loaded recipe files) on `options.stage`, writing the
 /// table files under the output directory.
 pub fn compare(recipes: &[Recipe], options: &CompareOptions) -> Result<CompareOutcome, CompareError> {
     let first = recipes.first().ok_or(CompareError::Empty)?;
-    let out_dir = options
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| first.run_dir().parent().unwrap_or(Path::new("runs")).join("compare"));
+    let out_dir = output_dir(first, options);
     let (mut computed, mut cached) = (0, 0);
     let mut runs = Vec::new();
     for recipe in recipes {
@@ -275,8 +277,7 @@ pub fn compare_paired(
     }
     let rows = paired(&records[0], &records[1], k).map_err(CompareError::Paired)?;
     let table = to_markdown(&rows, a.name(), b.name(), k);
-    let out_dir =
-        options.out_dir.clone().unwrap_or_else(|| a.run_dir().parent().unwrap_or(Path::new("runs")).join("compare"));
+    let out_dir = output_dir(a, options);
     let file = out_dir.join(format!("paired-{}-{}.md", a.name(), b.name()));
     let io = |source| CompareError::Io { path: file.clone(), source };
     std::fs::create_dir_all(&out_dir).map_err(io)?;

@@ -36,6 +36,8 @@ pub fn in_sample(id: &str, fraction: f64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_sample_keeps_about_its_fraction_and_grows_with_it() {
         let ids: Vec<String> = (0..4000).map(|i| format!("{}", 20000 + i)).collect();
@@ -45,8 +47,6 @@ mod tests {
         assert!(fifth.iter().all(|id| in_sample(id, 0.5)));
         assert!(ids.iter().all(|id| in_sample(id, 1.0)));
     }
-
-    use super::*;
 
     #[test]
     fn split_is_deterministic_order_free_and_seeded() {
