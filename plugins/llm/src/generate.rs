@@ -4,6 +4,7 @@
 use crate::candle_ref::{CandleModel, CandleState};
 use crate::fast::{FastModel, FastState};
 use crate::gguf::{GgufFile, LlamaConfig};
+use crate::lora::{Adapter, BaseModel, LoraConfig};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{LlmTokenizer, TextStream};
 use crate::{LlmError, Result};
@@ -140,12 +141,55 @@ impl Llm {
         Self::from_gguf(&g, tokenizer, opts)
     }
 
+    /// Load a GGUF file with a LoRA adapter file applied beside its weights (fast decoder only).
+    /// The adapter must have been trained on this very file, and with `expected`'s shape when
+    /// given ([`Adapter::load`]).
+    pub fn load_with_adapter(
+        path: impl AsRef<Path>,
+        opts: &LoadOptions,
+        adapter: &Path,
+        expected: Option<&LoraConfig>,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        let _span = tracing::info_span!("llm_load", path = %path.display(), adapter = %adapter.display()).entered();
+        let g = GgufFile::open(path)?;
+        let adapter = Adapter::load(adapter, &BaseModel::of(&g)?, expected)?;
+        let tokenizer = Arc::new(LlmTokenizer::from_gguf(&g)?);
+        Self::from_gguf_with(&g, tokenizer, opts, Some(&adapter))
+    }
+
+    /// The residual stream (`T × d_model`, row-major) of `tokens` from position 0 as it enters
+    /// layer `layer`, computed by the fast decoder as generation computes it: the frozen input of
+    /// the layers an adapter trains ([`crate::dense::DenseLlama::target_loss_from`]).
+    pub fn residual_before(&self, tokens: &[u32], layer: usize) -> Result<Vec<f32>> {
+        match &self.backend {
+            Backend::Fast(m) => m.residual_before(&mut m.new_state(), tokens, layer),
+            Backend::Candle(_) => Err(LlmError::Invalid("residual_before needs the fast decoder".into())),
+        }
+    }
+
     /// Load from an opened file, reusing a tokenizer (e.g. to load both decoders from one read).
     pub fn from_gguf(g: &GgufFile, tokenizer: Arc<LlmTokenizer>, opts: &LoadOptions) -> Result<Self> {
+        Self::from_gguf_with(g, tokenizer, opts, None)
+    }
+
+    /// [`Llm::from_gguf`] with `adapter` applied beside the quantized weights, in f32 (candle's
+    /// decoder cannot take an adapter).
+    pub fn from_gguf_with(
+        g: &GgufFile,
+        tokenizer: Arc<LlmTokenizer>,
+        opts: &LoadOptions,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let config = g.llama_config()?;
-        let backend = match opts.decoder {
-            DecoderKind::Fast => Backend::Fast(FastModel::load(g, &config, opts.threads, opts.force_scalar)?),
-            DecoderKind::Candle => Backend::Candle(CandleModel::load(g, opts.candle_q4_0)?),
+        let backend = match (opts.decoder, adapter) {
+            (DecoderKind::Fast, _) => Backend::Fast(FastModel::load(g, &config, opts.threads, opts.force_scalar, adapter)?),
+            (DecoderKind::Candle, None) => Backend::Candle(CandleModel::load(g, opts.candle_q4_0)?),
+            (DecoderKind::Candle, Some(_)) => {
+                return Err(LlmError::Invalid(
+                    "candle's reference decoder cannot apply a LoRA adapter: use decoder = \"fast\" or no adapter".into(),
+                ));
+            }
         };
         Ok(Self { tokenizer, config, backend, kind: opts.decoder })
     }

@@ -164,6 +164,11 @@ impl GgufFile {
             .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
 
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// A reader over the whole file (for candle's loaders).
     pub fn reader(&self) -> Cursor<&[u8]> {
         Cursor::new(&self.bytes)

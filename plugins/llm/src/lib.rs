@@ -11,6 +11,8 @@
 //!   candle's `quantized_llama` as the reference ([`DecoderKind`]);
 //! - [`Session`]: one generation's state (the KV cache) and [`Llm::generate`] with a per-piece
 //!   callback that can stop it;
+//! - [`lora`]: LoRA adapters (training-time application, merging, their safetensors files) and
+//!   [`dense`]: the model in f32 on differentiable candle operations, to train them on;
 //! - [`bench`]: prompt and generation throughput of both decoders side by side.
 //!
 //! ```no_run
@@ -27,9 +29,11 @@
 
 pub mod bench;
 mod candle_ref;
+pub mod dense;
 pub mod fast;
 mod generate;
 pub mod gguf;
+pub mod lora;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod quant;
 
 use crate::gguf::{GgufFile, LlamaConfig};
+use crate::lora::{Adapter, Target};
 use crate::{LlmError, Result};
 use candle_core::quantized::GgmlDType;
 use pool::ThreadPool;
@@ -29,6 +30,52 @@ struct Layer {
     /// Gate and up rows interleaved by tile: tile `2i` = gate rows `16i..`, `2i + 1` = up rows.
     w_gate_up: Q4Tiles,
     w_down: Q4Tiles,
+    /// An adapter's pairs, in [`Target::ALL`] order.
+    lora: [Option<LoraPair>; 7],
+}
+
+impl Layer {
+    fn lora(&self, t: Target) -> Option<&LoraPair> {
+        self.lora[t as usize].as_ref()
+    }
+}
+
+/// One adapted projection as the decoder applies it beside the quantized weights: `A`
+/// (`rank × in`) and `Bᵀ` scaled by `alpha / rank` (`rank × out`), so that both products are
+/// contiguous dot products and axpys (f32, exact; re-quantizing merged weights to Q4_1 would
+/// round most of a small update away).
+struct LoraPair {
+    rank: usize,
+    d_in: usize,
+    d_out: usize,
+    a: Vec<f32>,
+    bt: Vec<f32>,
+}
+
+impl LoraPair {
+    fn of(adapter: &Adapter, l: usize, t: Target) -> Result<Option<LoraPair>> {
+        let Some(p) = adapter.pair(l, t) else { return Ok(None) };
+        let (rank, d_in) = p.a.dims2()?;
+        let d_out = p.b.dims2()?.0;
+        let a = p.a.flatten_all()?.to_vec1()?;
+        let bt = (p.b.t()? * adapter.config().scale())?.contiguous()?.flatten_all()?.to_vec1()?;
+        Ok(Some(LoraPair { rank, d_in, d_out, a, bt }))
+    }
+
+    /// `y[t][off..off + out] += B·A·x[t]` for every token row `t` of `x` (width `in`); rows of
+    /// `y` are `ys` wide.
+    fn add(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], ys: usize, off: usize) {
+        par_chunks(pool, y, ys, |t, row| {
+            let x = &x[t * self.d_in..(t + 1) * self.d_in];
+            let out = &mut row[off..off + self.d_out];
+            for j in 0..self.rank {
+                let u: f32 = self.a[j * self.d_in..(j + 1) * self.d_in].iter().zip(x).map(|(a, b)| a * b).sum();
+                for (o, &b) in out.iter_mut().zip(&self.bt[j * self.d_out..(j + 1) * self.d_out]) {
+                    *o += u * b;
+                }
+            }
+        });
+    }
 }
 
 /// The fast decoder's weights (shared by sessions) and its thread pool.
@@ -60,6 +107,9 @@ pub struct FastState {
     qkv: Vec<f32>,
     att: Vec<f32>,
     ff: Vec<f32>,
+    /// An adapter's gate and up updates (`T × d_ff`), added in the SwiGLU epilogue.
+    lora_gate: Vec<f32>,
+    lora_up: Vec<f32>,
     acts: QActs,
 }
 
@@ -101,7 +151,14 @@ fn raw_tensor(g: &GgufFile, name: &str, dtype: GgmlDType, rows: usize, k: usize)
 
 impl FastModel {
     /// Repack the file's weights; `threads` defaults to the available parallelism.
-    pub(crate) fn load(g: &GgufFile, cfg: &LlamaConfig, threads: Option<usize>, force_scalar: bool) -> Result<Self> {
+    /// An adapter is applied beside the quantized weights, in f32 ([`LoraPair`]).
+    pub(crate) fn load(
+        g: &GgufFile,
+        cfg: &LlamaConfig,
+        threads: Option<usize>,
+        force_scalar: bool,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let (d, f, kv) = (cfg.d_model, cfg.d_ff, cfg.n_kv_head * cfg.head_dim());
         if !d.is_multiple_of(QK)
             || !f.is_multiple_of(QK)
@@ -112,13 +169,21 @@ impl FastModel {
                 "the fast decoder needs d_model and d_ff multiples of {QK} and d_ff of {TILE} (got {d}, {f})"
             )));
         }
-        let q4 = |name: &str, rows, k| raw_tensor(g, name, GgmlDType::Q4_1, rows, k);
         let rb = |k: usize| k / QK * 20;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for l in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{l}.{s}");
-            let (wq, wk, wv) =
-                (q4(&p("attn_q.weight"), d, d)?, q4(&p("attn_k.weight"), kv, d)?, q4(&p("attn_v.weight"), kv, d)?);
+            let q4 = |t: Target| -> Result<Vec<u8>> {
+                let (rows, k) = t.shape(cfg);
+                raw_tensor(g, &t.gguf_name(l), GgmlDType::Q4_1, rows, k)
+            };
+            let lora = match adapter {
+                Some(a) => Target::ALL.map(|t| LoraPair::of(a, l, t)),
+                None => Target::ALL.map(|_| Ok(None)),
+            };
+            let [q, k, v, o, gate, up, down] = lora;
+            let lora = [q?, k?, v?, o?, gate?, up?, down?];
+            let (wq, wk, wv) = (q4(Target::Q)?, q4(Target::K)?, q4(Target::V)?);
             let wqkv = Q4Tiles::from_q4_1(d + 2 * kv, d, |r| {
                 let (m, r) = if r < d {
                     (&wq, r)
@@ -129,15 +194,15 @@ impl FastModel {
                 };
                 &m[r * rb(d)..(r + 1) * rb(d)]
             });
-            let (wg, wu) = (q4(&p("ffn_gate.weight"), f, d)?, q4(&p("ffn_up.weight"), f, d)?);
+            let (wg, wu) = (q4(Target::Gate)?, q4(Target::Up)?);
             let w_gate_up = Q4Tiles::from_q4_1(2 * f, d, |r| {
                 let (tile, lane) = (r / TILE, r % TILE);
                 let src = if tile % 2 == 0 { &wg } else { &wu };
                 let row = tile / 2 * TILE + lane;
                 &src[row * rb(d)..(row + 1) * rb(d)]
             });
-            let wo = Q4Tiles::from_q4_1_matrix(&q4(&p("attn_output.weight"), d, d)?, d, d).map_err(|e| g.error(e))?;
-            let w_down = Q4Tiles::from_q4_1_matrix(&q4(&p("ffn_down.weight"), d, f)?, d, f).map_err(|e| g.error(e))?;
+            let wo = Q4Tiles::from_q4_1_matrix(&q4(Target::O)?, d, d).map_err(|e| g.error(e))?;
+            let w_down = Q4Tiles::from_q4_1_matrix(&q4(Target::Down)?, d, f).map_err(|e| g.error(e))?;
             layers.push(Layer {
                 attn_norm: f32_tensor(g, &p("attn_norm.weight"), d)?,
                 ffn_norm: f32_tensor(g, &p("ffn_norm.weight"), d)?,
@@ -145,6 +210,7 @@ impl FastModel {
                 wo,
                 w_gate_up,
                 w_down,
+                lora,
             });
         }
         let embed = raw_tensor(g, "token_embd.weight", GgmlDType::Q8_0, cfg.vocab, d)?;
@@ -190,12 +256,29 @@ impl FastModel {
             qkv: Vec::new(),
             att: Vec::new(),
             ff: Vec::new(),
+            lora_gate: Vec::new(),
+            lora_up: Vec::new(),
             acts: QActs::default(),
         }
     }
 
     /// Run `tokens` from the state's position; the logits after the last one.
     pub(crate) fn forward(&self, s: &mut FastState, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.run(s, tokens, self.cfg.n_layer)?;
+        Ok(self.head_logits(s, tokens.len()))
+    }
+
+    /// The residual stream (`T × d_model`, row-major) of `tokens` from the state's position as
+    /// it enters layer `layer` (the input of the layers an adapter trains, computed as
+    /// generation computes it). The state's cache is left filled for the first `layer` layers
+    /// only: use a fresh state afterwards.
+    pub(crate) fn residual_before(&self, s: &mut FastState, tokens: &[u32], layer: usize) -> Result<Vec<f32>> {
+        self.run(s, tokens, layer.min(self.cfg.n_layer))?;
+        Ok(s.x[..tokens.len() * self.cfg.d_model].to_vec())
+    }
+
+    /// Run `tokens` through the first `layers` layers, leaving the residual stream in `s.x`.
+    fn run(&self, s: &mut FastState, tokens: &[u32], layers: usize) -> Result<()> {
         let _span = tracing::trace_span!("fast_forward", tokens = tokens.len()).entered();
         let c = &self.cfg;
         let (t_n, d, f) = (tokens.len(), c.d_model, c.d_ff);
@@ -213,7 +296,7 @@ impl FastModel {
         for (t, &tok) in tokens.iter().enumerate() {
             self.embed_row(tok as usize, &mut s.x[t * d..(t + 1) * d]);
         }
-        for (l, layer) in self.layers.iter().enumerate() {
+        for (l, layer) in self.layers.iter().enumerate().take(layers) {
             // Attention block.
             self.norm_quantize(&s.x, &layer.attn_norm, &mut s.acts, d);
             let qkv = Out::new(&mut s.qkv);
@@ -221,6 +304,14 @@ impl FastModel {
                 // SAFETY: a tile's (token, row) elements are written by its task only.
                 unsafe { qkv.store(o, t0, n, qkv_w, tile * TILE, false) }
             });
+            if [Target::Q, Target::K, Target::V].iter().any(|&t| layer.lora(t).is_some()) {
+                self.norm_rows(&s.x, &layer.attn_norm, &mut s.h, d);
+                for (t, off) in [(Target::Q, 0), (Target::K, d), (Target::V, d + kv)] {
+                    if let Some(p) = layer.lora(t) {
+                        p.add(&self.pool, &s.h, &mut s.qkv, qkv_w, off);
+                    }
+                }
+            }
             par_chunks(&self.pool, &mut s.qkv, qkv_w, |t, row| {
                 let pos = p0 + t;
                 for head in row[..d + kv].chunks_exact_mut(hd) {
@@ -251,13 +342,32 @@ impl FastModel {
                 // SAFETY: as above; the residual add is the element's only access.
                 unsafe { x.store(o, t0, n, d, tile * TILE, true) }
             });
+            if let Some(p) = layer.lora(Target::O) {
+                p.add(&self.pool, &s.att, &mut s.x, d, 0);
+            }
             // Feed-forward block.
             self.norm_quantize(&s.x, &layer.ffn_norm, &mut s.acts, d);
+            let (lg, lu) = (layer.lora(Target::Gate), layer.lora(Target::Up));
+            if lg.is_some() || lu.is_some() {
+                self.norm_rows(&s.x, &layer.ffn_norm, &mut s.h, d);
+                for (p, buf) in [(lg, &mut s.lora_gate), (lu, &mut s.lora_up)] {
+                    buf.clear();
+                    if let Some(p) = p {
+                        buf.resize(t_n * f, 0.0);
+                        p.add(&self.pool, &s.h, buf, f, 0);
+                    }
+                }
+            }
             let ff = Out::new(&mut s.ff);
+            let (dg, du) = (&s.lora_gate, &s.lora_up);
+            let (has_g, has_u) = (lg.is_some(), lu.is_some());
             self.matmul_q4_pairs(&layer.w_gate_up, &s.acts, |pair, t0, n, gate, up| {
                 let mut o: TileOut = [[0.0; TILE]; TOKENS];
-                for ((o, g), u) in o.iter_mut().zip(gate).zip(up).take(n) {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                for (i, ((o, g), u)) in o.iter_mut().zip(gate).zip(up).take(n).enumerate() {
+                    let at = (t0 + i) * f + pair * TILE;
+                    for (j, ((o, &g), &u)) in o.iter_mut().zip(g).zip(u).enumerate() {
+                        let g = if has_g { g + dg[at + j] } else { g };
+                        let u = if has_u { u + du[at + j] } else { u };
                         *o = g / (1.0 + (-g).exp()) * u;
                     }
                 }
@@ -270,8 +380,17 @@ impl FastModel {
                 // SAFETY: as above; the residual add is the element's only access.
                 unsafe { x.store(o, t0, n, d, tile * TILE, true) }
             });
+            if let Some(p) = layer.lora(Target::Down) {
+                p.add(&self.pool, &s.ff, &mut s.x, d, 0);
+            }
         }
         s.pos += t_n;
+        Ok(())
+    }
+
+    /// The logits after the last of the `t_n` tokens just run.
+    fn head_logits(&self, s: &mut FastState, t_n: usize) -> Vec<f32> {
+        let (c, d) = (&self.cfg, self.cfg.d_model);
         // Output: the last token only.
         let last = &s.x[(t_n - 1) * d..];
         rms_norm(last, &self.out_norm, c.rms_eps, &mut s.h[..d]);
@@ -290,7 +409,7 @@ impl FastModel {
             }
         });
         logits.truncate(c.vocab);
-        Ok(logits)
+        logits
     }
 
     fn embed_row(&self, tok: usize, out: &mut [f32]) {
@@ -302,6 +421,13 @@ impl FastModel {
                 *o = q as i8 as f32 * dd;
             }
         }
+    }
+
+    /// RMSNorm every token row of `x` (width `d`) into `out`, in f32 (an adapter's input).
+    fn norm_rows(&self, x: &[f32], w: &[f32], out: &mut Vec<f32>, d: usize) {
+        out.resize(x.len(), 0.0);
+        let eps = self.cfg.rms_eps;
+        par_chunks(&self.pool, out, d, |t, row| rms_norm(&x[t * d..(t + 1) * d], w, eps, row));
     }
 
     /// RMSNorm every token row of `x` (width `d`) and quantize it into `acts`.
