@@ -157,7 +157,12 @@ impl DenseLlama {
 
     /// The final hidden states (`T × d`) from `x`, the residual stream (`T × d`, positions
     /// `0..T`) entering layer [`DenseLlama::first_layer`].
-    pub fn hidden_from(&self, mut x: Tensor, adapter: Option<&Adapter>, mut dropout: Option<&mut SplitMix>) -> Result<Tensor> {
+    pub fn hidden_from(
+        &self,
+        mut x: Tensor,
+        adapter: Option<&Adapter>,
+        mut dropout: Option<&mut SplitMix>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let t_n = x.dims2()?.0;
         if t_n == 0 || t_n > self.max_positions() {

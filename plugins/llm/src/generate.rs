@@ -183,11 +183,14 @@ impl Llm {
     ) -> Result<Self> {
         let config = g.llama_config()?;
         let backend = match (opts.decoder, adapter) {
-            (DecoderKind::Fast, _) => Backend::Fast(FastModel::load(g, &config, opts.threads, opts.force_scalar, adapter)?),
+            (DecoderKind::Fast, _) => {
+                Backend::Fast(FastModel::load(g, &config, opts.threads, opts.force_scalar, adapter)?)
+            }
             (DecoderKind::Candle, None) => Backend::Candle(CandleModel::load(g, opts.candle_q4_0)?),
             (DecoderKind::Candle, Some(_)) => {
                 return Err(LlmError::Invalid(
-                    "candle's reference decoder cannot apply a LoRA adapter: use decoder = \"fast\" or no adapter".into(),
+                    "candle's reference decoder cannot apply a LoRA adapter: use decoder = \"fast\" or no adapter"
+                        .into(),
                 ));
             }
         };

@@ -124,7 +124,10 @@ impl LoraConfig {
             return bad("dropout", "must be in [0, 1)");
         }
         if self.targets.is_empty() {
-            return bad("targets", "name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+            return bad(
+                "targets",
+                "name at least one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj",
+            );
         }
         let mut seen = self.targets.clone();
         seen.sort();
@@ -334,7 +337,11 @@ impl Adapter {
             for (&t, p) in layer {
                 for (half, x) in [("a", &p.a), ("b", &p.b)] {
                     let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                    tensors.push((tensor_name(l, t, half), v.iter().flat_map(|f| f.to_le_bytes()).collect(), x.dims().to_vec()));
+                    tensors.push((
+                        tensor_name(l, t, half),
+                        v.iter().flat_map(|f| f.to_le_bytes()).collect(),
+                        x.dims().to_vec(),
+                    ));
                 }
             }
         }
@@ -398,7 +405,14 @@ impl Adapter {
             if config.rank != want.rank || config.alpha != want.alpha || a != b || config.layers != want.layers {
                 return Err(bad(format!(
                     "this adapter has rank {}, alpha {}, targets {:?}, layers {}; the recipe asks for rank {}, alpha {}, targets {:?}, layers {}: {retrain}",
-                    config.rank, config.alpha, config.targets, config.layers, want.rank, want.alpha, want.targets, want.layers
+                    config.rank,
+                    config.alpha,
+                    config.targets,
+                    config.layers,
+                    want.rank,
+                    want.alpha,
+                    want.targets,
+                    want.layers
                 )));
             }
         }

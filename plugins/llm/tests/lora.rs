@@ -213,3 +213,29 @@ fn probe_step_time() {
         }
     }
 }
+
+/// Generation speed with and without an adapter, side by side (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn probe_generation_speed() {
+    let tok = Arc::new(LlmTokenizer::from_gguf(gguf()).unwrap());
+    let opts = LoadOptions::default();
+    let base_llm = Llm::from_gguf(gguf(), tok.clone(), &opts).unwrap();
+    let config = LoraConfig { layers: 8, ..Default::default() };
+    let (adapter, _) = random_adapter(&config, 19, 0.05);
+    let with = Llm::from_gguf_with(gguf(), tok, &opts, Some(&adapter)).unwrap();
+    let params = ecr_llm::GenerateParams { max_new_tokens: 64, min_new_tokens: 64, ..Default::default() };
+    let prompt = TEXT.repeat(4);
+    for round in 0..3 {
+        for (name, m) in [("base", &base_llm), ("adapter", &with)] {
+            let t = std::time::Instant::now();
+            let out = m.generate(&prompt, &params, |_| std::ops::ControlFlow::Continue(())).unwrap();
+            eprintln!(
+                "round {round} {name}: {} tokens in {:?} (first token {:.0} ms)",
+                out.tokens.len(),
+                t.elapsed(),
+                out.timings.first_token_ms
+            );
+        }
+    }
+}
