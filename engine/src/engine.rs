@@ -253,6 +253,20 @@ impl Engine {
         Ok(trace)
     }
 
+    /// Run only the enabled stage `id` over `turn` (e.g. a trainer rendering its samples through
+    /// the recipe's own prompt stage). A stage that fails or panics fails the call.
+    pub fn run_stage(&self, id: &str, turn: &mut Turn) -> Result<(), EngineError> {
+        let Some(s) = self.inner.stages.iter().find(|s| s.id == id) else {
+            return Err(EngineError::Input(format!("no enabled stage {id:?} in this engine")));
+        };
+        let mut cx = TurnContext::detached(&s.id);
+        match std::panic::catch_unwind(AssertUnwindSafe(|| s.stage.run(turn, &mut cx))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(stage_error(&s.id, source, None)),
+            Err(panic) => Err(panic_error(&s.id, panic.as_ref())),
+        }
+    }
+
     /// Run the pipeline over independent turns (of different dialogues),
     /// stage by stage, so that stages that batch ([`Stage::run_batch`]) do.
     pub fn run_batch(&self, turns: &mut [Turn]) -> Result<(), EngineError> {

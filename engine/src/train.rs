@@ -23,6 +23,7 @@ use crate::engine::{Engine, EngineError};
 use crate::fingerprint::Fingerprint;
 use crate::recipe::Recipe;
 use crate::stage::{BoxError, BuildContext};
+use crate::turn::Field;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -155,6 +156,16 @@ pub trait Trainable: Send + Sync {
 
     /// Evaluate the trained stage on its test data.
     fn evaluate(&self, cx: &TrainContext<'_>) -> Result<EvalReport, BoxError>;
+
+    /// The Turn fields whose upstream writers this stage's training depends on, when that is
+    /// narrower than the whole upstream. With `Some(fields)` the upstream fingerprint given to
+    /// [`Trainable::status`] and [`TrainContext`] covers only the enabled upstream stages that
+    /// write one of `fields` (each by its id, kind, configuration and trained artefact), so that
+    /// recipes differing elsewhere upstream share the artefact (the generator's adapter depends
+    /// on the prompt builder, not on the recommender). `None` (the default): every upstream stage.
+    fn trained_on(&self) -> Option<Vec<Field>> {
+        None
+    }
 }
 
 /// Options of [`train_recipe`].
@@ -246,17 +257,41 @@ fn stage_fingerprints(recipe: &Recipe, jobs: &[Job], index: usize) -> Vec<String
     let mut fp = Fingerprint::new();
     let mut out = Vec::new();
     for (i, s) in recipe.stages().iter().enumerate().take(index).filter(|(_, s)| s.enabled) {
-        fp = fp.str(&s.id).str(&s.use_name).str(&s.config().to_string());
-        if let Some(j) = jobs.iter().find(|j| j.index == i) {
-            fp = fp.str(&j.trainer.fingerprint().unwrap_or_default());
-        }
+        fp = with_stage(fp, s, jobs, i);
         out.push(fp.hex());
     }
     out
 }
 
-fn upstream_fingerprint(recipe: &Recipe, jobs: &[Job], index: usize) -> String {
+/// `fp` extended by the stage `s` at position `i`: its id, kind, resolved configuration and
+/// (trainable stages) trained artefact.
+fn with_stage(fp: Fingerprint, s: &crate::recipe::RecipeStage, jobs: &[Job], i: usize) -> Fingerprint {
+    let fp = fp.str(&s.id).str(&s.use_name).str(&s.config().to_string());
+    match jobs.iter().find(|j| j.index == i) {
+        Some(j) => fp.str(&j.trainer.fingerprint().unwrap_or_default()),
+        None => fp,
+    }
+}
+
+/// The identity of every enabled stage before position `index`.
+fn whole_upstream(recipe: &Recipe, jobs: &[Job], index: usize) -> String {
     stage_fingerprints(recipe, jobs, index).pop().unwrap_or_else(|| Fingerprint::new().hex())
+}
+
+/// The upstream fingerprint a trainer at `index` is trained from: the whole upstream, or only
+/// the writers of its [`Trainable::trained_on`] fields.
+fn upstream_fingerprint(recipe: &Recipe, jobs: &[Job], index: usize) -> String {
+    let narrow = jobs.iter().find(|j| j.index == index).and_then(|j| j.trainer.trained_on());
+    let Some(fields) = narrow else {
+        return whole_upstream(recipe, jobs, index);
+    };
+    let mut fp = Fingerprint::new().str("trained_on");
+    for (i, s) in recipe.stages().iter().enumerate().take(index).filter(|(_, s)| s.enabled) {
+        if s.io.writes.iter().any(|w| fields.contains(w)) {
+            fp = with_stage(fp, s, jobs, i);
+        }
+    }
+    fp.hex()
 }
 
 /// Train every trainable enabled stage of `recipe` in pipeline order (or only
@@ -273,7 +308,7 @@ pub fn train_recipe(recipe: &Recipe, options: &TrainOptions) -> Result<Vec<Train
         let _span = tracing::info_span!("train", stage = %job.id).entered();
         // Computed now: the upstream stages may have just been retrained.
         let fps = stage_fingerprints(recipe, &jobs, job.index);
-        let upstream_fp = fps.last().cloned().unwrap_or_else(|| Fingerprint::new().hex());
+        let upstream_fp = upstream_fingerprint(recipe, &jobs, job.index);
         let status =
             job.trainer.status(&upstream_fp).map_err(|source| EngineError::Train { stage: job.id.clone(), source })?;
         if !status.needs_training() && !options.force {
@@ -310,8 +345,10 @@ pub fn stage_fingerprint(recipe: &Recipe, id: &str) -> Result<String, EngineErro
     let jobs = trainers(recipe)?;
     let job = pick(recipe, &jobs, id)?;
     let s = &recipe.stages()[job.index];
+    // The whole upstream even for a narrowed trainer: what the stage computes at inference
+    // depends on every stage before it.
     Ok(Fingerprint::new()
-        .str(&upstream_fingerprint(recipe, &jobs, job.index))
+        .str(&whole_upstream(recipe, &jobs, job.index))
         .str(&s.id)
         .str(&s.use_name)
         .str(&s.config().to_string())
@@ -348,7 +385,7 @@ pub fn evaluate_recipe(
     for job in selected {
         let _span = tracing::info_span!("evaluate", stage = %job.id).entered();
         let fps = stage_fingerprints(recipe, &jobs, job.index);
-        let upstream_fp = fps.last().cloned().unwrap_or_else(|| Fingerprint::new().hex());
+        let upstream_fp = upstream_fingerprint(recipe, &jobs, job.index);
         let upstream = Engine::build_prefix(recipe, job.index)?;
         let cx = TrainContext {
             build: recipe.stages()[job.index].context(),

@@ -2,7 +2,7 @@
 //! provides, and train: events during a turn, cancellation and deadlines
 //! (built-in, Lua), optional reads, replay, and `train_recipe`.
 
-use ecr_engine::train::{TrainOptions, TrainOutcome, recipe_status, train_recipe};
+use ecr_engine::train::{TrainOptions, TrainOutcome, recipe_status, stage_fingerprint, train_recipe};
 use ecr_engine::{
     BoxError, BuildContext, CancelToken, Engine, EngineError, EvalReport, Event, Field, Fingerprint, Interrupted,
     Recipe, Registry, Role, Stage, StageFactory, StageIo, TrainContext, TrainReport, TrainStatus, Trainable, Turn,
@@ -61,7 +61,11 @@ static PROBED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 struct Probe;
 #[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ProbeConfig {}
+struct ProbeConfig {
+    /// Only changes the stage's configuration (and so its fingerprint).
+    #[serde(default)]
+    tag: String,
+}
 struct ProbeStage(bool);
 impl Stage for ProbeStage {
     fn run(&self, turn: &mut Turn, _: &mut TurnContext<'_>) -> Result<(), BoxError> {
@@ -97,11 +101,15 @@ struct VocabConfig {
     data: String,
     #[serde(default)]
     lowercase: bool,
+    /// Declare (through `trained_on`) that training depends on the responses only.
+    #[serde(default)]
+    responses_only: bool,
 }
 struct VocabTrainer {
     data: PathBuf,
     out: PathBuf,
     config: String,
+    responses_only: bool,
 }
 impl VocabTrainer {
     fn identity(&self, upstream: &str) -> Result<String, BoxError> {
@@ -154,6 +162,9 @@ impl Trainable for VocabTrainer {
         let n = std::fs::read_to_string(self.out.join("vocab.txt"))?.lines().count();
         Ok(EvalReport { text: format!("{n} words"), metrics: serde_json::json!({ "words": n }) })
     }
+    fn trained_on(&self) -> Option<Vec<Field>> {
+        self.responses_only.then(|| vec![Field::Response])
+    }
 }
 impl StageFactory for Vocab {
     type Config = VocabConfig;
@@ -174,6 +185,7 @@ impl StageFactory for Vocab {
             data: ctx.resolve(&c.data),
             out: ctx.stage_dir(),
             config: serde_json::to_string(&c)?,
+            responses_only: c.responses_only,
         })))
     }
 }
@@ -519,4 +531,51 @@ fn engines_built_over_one_resource_set_share_it() {
     let a: Arc<Mutex<Vec<u8>>> = r1.stages()[0].context().resources().get(&Big).unwrap();
     let b = r2.stages()[1].context().resources().get(&Big).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn a_trainer_trained_on_some_fields_ignores_changes_to_stages_that_do_not_write_them() {
+    let d = temp_recipes("narrow");
+    write(&d.join(".."), "dialogues.txt", "I loved Alien|Try Aliens|Great");
+    let recipe_text = |words: &str, tag: &str, responses_only: bool| {
+        format!(
+            r#"
+[recipe]
+name = "narrow"
+pipeline = ["speak", "probe", "vocab"]
+[stages.speak]
+use = "speaker"
+with = {{ words = ["{words}"] }}
+[stages.probe]
+use = "probe"
+with = {{ tag = "{tag}" }}
+[stages.vocab]
+use = "vocab"
+with = {{ data = "../dialogues.txt", responses_only = {responses_only} }}
+"#
+        )
+    };
+    let load = |text: String| Recipe::load(write(&d, "narrow.toml", &text), &registry()).unwrap();
+    let status = |r: &Recipe| recipe_status(r).unwrap().remove(0).1;
+
+    let recipe = load(recipe_text("ok", "a", true));
+    train_recipe(&recipe, &TrainOptions::default()).unwrap();
+    assert!(matches!(status(&recipe), TrainStatus::UpToDate(_)));
+    let before = stage_fingerprint(&recipe, "vocab").unwrap();
+
+    // The probe writes no response: the artefact stays valid, but what the stage computes
+    // downstream is still identified by the whole upstream.
+    let retagged = load(recipe_text("ok", "b", true));
+    assert!(matches!(status(&retagged), TrainStatus::UpToDate(_)), "{:?}", status(&retagged));
+    assert_ne!(stage_fingerprint(&retagged, "vocab").unwrap(), before);
+
+    // The speaker writes the responses: stale.
+    let reworded = load(recipe_text("fine", "b", true));
+    assert!(matches!(status(&reworded), TrainStatus::Stale(_)), "{:?}", status(&reworded));
+
+    // Without the narrowing, any upstream change makes it stale.
+    let whole = load(recipe_text("ok", "a", false));
+    train_recipe(&whole, &TrainOptions::default()).unwrap();
+    let whole_retagged = load(recipe_text("ok", "b", false));
+    assert!(matches!(status(&whole_retagged), TrainStatus::Stale(_)), "{:?}", status(&whole_retagged));
 }
