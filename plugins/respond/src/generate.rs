@@ -9,10 +9,12 @@
 //! resource ([`LlmKey`]): loaded once, shared by every session. Our fast
 //! decoder is the default; `decoder = "candle"` picks candle's for comparison.
 
+use crate::finetune::{ADAPTER_FILE, FinetuneConfig};
 use crate::stage::RESPONSE_PREFIX;
 use ecr_engine::{
     BoxError, BuildContext, ConfigIssue, Field, ResourceKey, Resources, Stage, StageFactory, StageIo, Turn, TurnContext,
 };
+use ecr_llm::lora::Adapter;
 use ecr_llm::{GenerateParams, Llm, LoadOptions, SamplingParams, StopReason};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
@@ -22,19 +24,27 @@ use std::sync::Arc;
 /// The shipped model, relative to a recipe in `recipes/`.
 pub const DEFAULT_MODEL: &str = "../models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// A loaded language model, as an engine resource (by file and load options).
+/// A loaded language model, as an engine resource (by file, load options and adapter).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LlmKey {
     /// The GGUF file.
     pub path: PathBuf,
     /// The load options, as canonical JSON (so the key can be hashed).
     pub options: String,
+    /// A LoRA adapter file applied beside the weights, and the shape it must have (JSON).
+    pub adapter: Option<(PathBuf, String)>,
 }
 
 impl LlmKey {
     /// The key of `path` loaded with `options`.
     pub fn new(path: PathBuf, options: &LoadOptions) -> Self {
-        LlmKey { path, options: serde_json::to_string(options).unwrap_or_default() }
+        LlmKey { path, options: serde_json::to_string(options).unwrap_or_default(), adapter: None }
+    }
+
+    /// The same model with the adapter file `adapter` of shape `lora`.
+    pub fn with_adapter(mut self, adapter: PathBuf, lora: &ecr_llm::lora::LoraConfig) -> Self {
+        self.adapter = Some((adapter, serde_json::to_string(lora).unwrap_or_default()));
+        self
     }
 }
 
@@ -42,7 +52,13 @@ impl ResourceKey for LlmKey {
     type Value = Llm;
     fn create(&self, _: &Resources) -> Result<Llm, BoxError> {
         let options: LoadOptions = serde_json::from_str(&self.options)?;
-        Ok(Llm::load(&self.path, &options)?)
+        Ok(match &self.adapter {
+            Some((file, lora)) => {
+                let lora: ecr_llm::lora::LoraConfig = serde_json::from_str(lora)?;
+                Llm::load_with_adapter(&self.path, &options, file, Some(&lora))?
+            }
+            None => Llm::load(&self.path, &options)?,
+        })
     }
 }
 
@@ -57,6 +73,34 @@ pub struct GeneratorConfig {
     /// Max and min new tokens, sampling (greedy or seeded temperature/top-p, no-repeat-n-gram), stop
     /// sequences.
     pub generate: GenerateParams,
+    /// Fine-tune a LoRA adapter on the review database (`ecr train`) and generate with it; absent
+    /// or `enabled = false`: the base model, prompted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
+    /// The adapter's directory (default `runs/<recipe>/<stage id>/`), e.g. another recipe's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+}
+
+impl GeneratorConfig {
+    /// The fine-tuning settings when the recipe fine-tunes (present and enabled).
+    pub fn finetune(&self) -> Option<&FinetuneConfig> {
+        self.finetune.as_ref().filter(|f| f.enabled)
+    }
+
+    /// The adapter file in `ctx` (whether or not it exists).
+    pub fn adapter_file(&self, ctx: &BuildContext) -> PathBuf {
+        ctx.resolve_or_stage_dir(self.adapter.as_deref(), "").join(ADAPTER_FILE)
+    }
+
+    /// The model's resource key in `ctx`: with the adapter when the recipe fine-tunes.
+    pub fn llm_key(&self, ctx: &BuildContext) -> LlmKey {
+        let key = LlmKey::new(ctx.resolve(&self.model), &self.load);
+        match self.finetune() {
+            Some(f) => key.with_adapter(self.adapter_file(ctx), &f.lora),
+            None => key,
+        }
+    }
 }
 
 impl Default for GeneratorConfig {
@@ -66,6 +110,8 @@ impl Default for GeneratorConfig {
             model: DEFAULT_MODEL.into(),
             load: LoadOptions::default(),
             generate: GenerateParams { max_new_tokens: 60, min_new_tokens: 20, sampling, ..GenerateParams::default() },
+            finetune: None,
+            adapter: None,
         }
     }
 }
@@ -125,11 +171,40 @@ impl StageFactory for GeneratorFactory {
                 ),
             ));
         }
+        if let Some(f) = config.finetune() {
+            if let Err((k, m)) = f.lora.validate("finetune.lora.") {
+                issues.push(ConfigIssue::new(k, m));
+            }
+            if let Err(e) = f.train.validate("finetune.train.") {
+                issues.push(ConfigIssue::new("finetune.train", e.to_string()));
+            }
+            if !(0.0..=1.0).contains(&f.inject) {
+                issues.push(ConfigIssue::new("finetune.inject", "a probability: expected 0 to 1"));
+            }
+            if !(f.valid_share > 0.0 && f.valid_share < 1.0) {
+                issues.push(ConfigIssue::new("finetune.valid_share", "expected more than 0 and less than 1"));
+            }
+            if f.max_target_tokens == 0 {
+                issues.push(ConfigIssue::new("finetune.max_target_tokens", "must be at least 1"));
+            }
+            if config.load.decoder == ecr_llm::DecoderKind::Candle {
+                issues.push(ConfigIssue::new("load.decoder", "an adapter needs decoder = \"fast\""));
+            }
+        }
         issues
     }
 
     fn build(&self, config: Self::Config, ctx: &BuildContext) -> Result<Box<dyn Stage>, BoxError> {
-        let llm = ctx.resources().get(&LlmKey::new(ctx.resolve(&config.model), &config.load))?;
+        if config.finetune().is_some() && !config.adapter_file(ctx).is_file() {
+            return Err(format!(
+                "{} does not exist: train the adapter with `ecr train -r {} --stage {}`",
+                config.adapter_file(ctx).display(),
+                ctx.recipe_path().display(),
+                ctx.stage_id()
+            )
+            .into());
+        }
+        let llm = ctx.resources().get(&config.llm_key(ctx))?;
         Ok(Box::new(GeneratorStage::new(llm, config.generate)))
     }
 
@@ -184,19 +259,116 @@ impl ResponseEval {
     pub fn new(config: GeneratorConfig, ctx: &BuildContext) -> Self {
         ResponseEval { config, ctx: ctx.clone() }
     }
+
+    /// What the adapter is trained from: the fine-tuning configuration, the base model, the
+    /// upstream stages that write the prompt ([`ecr_engine::Trainable::trained_on`]) and the
+    /// contents of the data files the samples come from (reviews, movie list, KG), so that a
+    /// grown review file makes the adapter stale.
+    fn trained_from(&self, ft: &FinetuneConfig, upstream: &str) -> Result<String, BoxError> {
+        let data = self.ctx.data_dir()?;
+        let reviews = match &ft.reviews.reviews_file {
+            Some(f) => self.ctx.resolve(f),
+            None => data.join("reviews/imdb_reviews.jsonl"),
+        };
+        let mut fp =
+            ecr_engine::Fingerprint::new().str(&serde_json::to_string(ft)?).str(&self.config.model).str(upstream);
+        for file in [
+            reviews,
+            data.join("redial/movie_info.json"),
+            data.join("kg/entity2id.json"),
+            data.join("kg/dbpedia_subkg.json"),
+        ] {
+            fp = fp.file(&file)?;
+        }
+        Ok(fp.hex())
+    }
 }
 
 impl ecr_engine::Trainable for ResponseEval {
-    fn status(&self, _upstream: &str) -> Result<ecr_engine::TrainStatus, BoxError> {
-        Ok(ecr_engine::TrainStatus::UpToDate("nothing to train: the base model, prompted".into()))
+    fn status(&self, upstream: &str) -> Result<ecr_engine::TrainStatus, BoxError> {
+        use ecr_engine::TrainStatus;
+        let Some(ft) = self.config.finetune() else {
+            return Ok(TrainStatus::UpToDate("nothing to train: the base model, prompted".into()));
+        };
+        let file = self.config.adapter_file(&self.ctx);
+        let Some(info) = Adapter::read_info(&file) else {
+            return Ok(TrainStatus::Missing(format!("no adapter at {}", file.display())));
+        };
+        if info["trained_from"].as_str() != Some(self.trained_from(ft, upstream)?.as_str()) {
+            return Ok(TrainStatus::Stale(
+                "the finetune settings, the base model, the review data or the prompt stages changed".into(),
+            ));
+        }
+        Ok(TrainStatus::UpToDate(format!(
+            "adapter of {} samples, held-out perplexity {:.2} → {:.2}",
+            info["train_samples"], info["valid_perplexity_base"], info["valid_perplexity_tuned"]
+        )))
     }
 
     fn fingerprint(&self) -> Option<String> {
-        Some(self.config.model.clone())
+        match self.config.finetune() {
+            None => Some(self.config.model.clone()),
+            Some(_) => Adapter::read_info(&self.config.adapter_file(&self.ctx)).map(|i| i["trained_from"].to_string()),
+        }
     }
 
-    fn train(&self, _cx: &ecr_engine::TrainContext<'_>) -> Result<ecr_engine::TrainReport, BoxError> {
-        Ok(ecr_engine::TrainReport { summary: "nothing to train".into(), metrics: serde_json::Value::Null })
+    fn train(&self, cx: &ecr_engine::TrainContext<'_>) -> Result<ecr_engine::TrainReport, BoxError> {
+        let Some(ft) = self.config.finetune() else {
+            return Ok(ecr_engine::TrainReport {
+                summary: "nothing to train".into(),
+                metrics: serde_json::Value::Null,
+            });
+        };
+        let res = ecr_data::prepare::Resources::from_shared(
+            self.ctx.resources(),
+            &self.ctx.data_dir()?,
+            &ecr_data::LinkerOptions::default(),
+        )?;
+        let encoder =
+            self.ctx.resources().get(&ecr_neural::text::TextEncoderKey(self.ctx.resolve(&ft.reviews.model_dir)))?;
+        let (db, _) = crate::stage::open_review_db(&ft.reviews, &res, &encoder, &self.ctx, cx.options.progress)?;
+        let index = crate::knowledge::KnowledgeIndex::new(&res.catalogue, &res.kg, &res.linker);
+        let options = crate::finetune::SampleOptions {
+            relations: ft.reviews.relations.clone(),
+            max_entities: ft.max_entities,
+            other_sentences: ft.other_sentences,
+            inject: ft.inject,
+            valid_share: ft.valid_share,
+            seed: ft.train.seed,
+        };
+        let fields = crate::finetune::sample_fields(&db, &res.kg, &index, &|id| res.linker.movie_entity(id), &options);
+        let file = self.config.adapter_file(&self.ctx);
+        let dir = file.parent().map(PathBuf::from).unwrap_or_default();
+        let m = crate::finetune::train_adapter(
+            ft,
+            &self.ctx.resolve(&self.config.model),
+            &self.config.load,
+            &fields,
+            cx.upstream,
+            &dir,
+            &self.trained_from(ft, cx.upstream_fingerprint)?,
+            cx.options.progress,
+        )?;
+        std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(&m)?)?;
+        Ok(ecr_engine::TrainReport {
+            summary: format!(
+                "LoRA adapter ({} parameters) on {} reviews ({} held out), held-out perplexity {:.2} → {:.2}, {:.0} s",
+                m["adapter_params"],
+                m["train_samples"],
+                m["valid_samples"],
+                m["valid_perplexity_base"].as_f64().unwrap_or(f64::NAN),
+                m["valid_perplexity_tuned"].as_f64().unwrap_or(f64::NAN),
+                m["seconds"].as_f64().unwrap_or(0.0)
+            ),
+            metrics: m,
+        })
+    }
+
+    /// The adapter learns from samples rendered by the prompt builder, with their own movie and
+    /// knowledge: it depends on the stages that write the prompt, not on the recommender, so the
+    /// recipes that differ only in recommendation share it.
+    fn trained_on(&self) -> Option<Vec<Field>> {
+        Some(vec![Field::Prompt, Field::Ext(RESPONSE_PREFIX.into())])
     }
 
     fn evaluate(&self, cx: &ecr_engine::TrainContext<'_>) -> Result<ecr_engine::EvalReport, BoxError> {
@@ -222,7 +394,7 @@ impl ecr_engine::Trainable for ResponseEval {
         // The gold feedback is training knowledge: the response turn does not see it.
         turns.iter_mut().for_each(|t| t.feedback.clear());
         cx.run_rest(&mut turns)?;
-        let llm = self.ctx.resources().get(&LlmKey::new(self.ctx.resolve(&self.config.model), &self.config.load))?;
+        let llm = self.ctx.resources().get(&self.config.llm_key(&self.ctx))?;
         let stage = GeneratorStage::new(llm, self.config.generate.clone());
         let bar = ecr_data::progress::bar(cx.options.progress, "generating responses");
         bar.set_length(turns.len() as u64);
@@ -242,6 +414,7 @@ impl ecr_engine::Trainable for ResponseEval {
                 passages: t.passages.clone(),
                 facts: t.facts.clone(),
                 response: t.response.clone().unwrap_or_default(),
+                opening: t.ext.get(RESPONSE_PREFIX).and_then(|v| v.as_str()).unwrap_or_default().to_string(),
                 gold: golds.get(i).cloned().unwrap_or_default(),
             });
             bar.inc(1);
@@ -258,6 +431,14 @@ impl ecr_engine::Trainable for ResponseEval {
         let q = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
         metrics["generate_s_p50"] = q(0.5).into();
         metrics["generate_s_p95"] = q(0.95).into();
+        // The adapter's held-out perplexity (base model vs fine-tuned), measured when it was trained.
+        if let Some(info) =
+            self.config.finetune().and_then(|_| Adapter::read_info(&self.config.adapter_file(&self.ctx)))
+        {
+            for k in ["valid_perplexity_base", "valid_perplexity_tuned", "train_samples", "valid_samples"] {
+                metrics[k] = info[k].clone();
+            }
+        }
         Ok(ecr_engine::EvalReport {
             text: format!(
                 "{} responses (written to {}): {}\ngeneration p50 {:.2} s, p95 {:.2} s",

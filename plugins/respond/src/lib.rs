@@ -9,11 +9,13 @@
 //! * [`prompt`]: the prompt builder (template, chat format, token budget).
 //! * [`metrics`]: Dist-n, BLEU-n, length, movie naming, factual consistency; response records.
 //! * [`bench`]: build/reload times of the database and retrieval latency per turn.
+//! * [`finetune`]: the generator's LoRA fine-tuning on the review database (ECR §4.1-4.2).
 //! * [`stage`]: the `retriever` and `prompt_builder` stages; [`generate`]: the `generator` stage.
 pub mod bench;
 pub mod clean;
 pub mod emotion;
 pub mod error;
+pub mod finetune;
 pub mod generate;
 pub mod knowledge;
 pub mod metrics;

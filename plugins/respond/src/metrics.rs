@@ -15,7 +15,11 @@
 //!   An entity counts as a person or company when the KG has it as the tail
 //!   of a people/company relation of some movie; genres, countries and
 //!   languages are not claims.
+//! * `emotion_intensity`: feeling words per 100 words of what the model wrote
+//!   (the response after the recipe's opening sentence, which is the same for
+//!   every recipe), averaged over responses ([`EmotionLexicon::intensity`]).
 
+use crate::emotion::EmotionLexicon;
 use crate::error::{RespondError, Result};
 use crate::knowledge::{KnowledgeIndex, Support, name_key, support};
 use ecr_data::{Catalogue, Kg, Linker};
@@ -68,6 +72,9 @@ pub struct ResponseRecord {
     pub facts: Vec<Fact>,
     /// The generated response.
     pub response: String,
+    /// The opening sentence the response starts with (the prompt builder's, not generated).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub opening: String,
     /// The gold response of the dataset.
     pub gold: String,
 }
@@ -107,6 +114,8 @@ pub struct ResponseMetrics {
     pub factual_consistency: f64,
     /// Number of claims checked.
     pub claims: usize,
+    /// Feeling words per 100 generated words, mean over responses (opening sentence excluded).
+    pub emotion_intensity: f64,
     /// Number of responses.
     pub n: usize,
 }
@@ -265,9 +274,20 @@ impl<'a> FactChecker<'a> {
             names_movie: ratio(named, with_movie.len()),
             factual_consistency: if claims.is_empty() { 1.0 } else { ratio(supported, claims.len()) },
             claims: claims.len(),
+            emotion_intensity: emotion_intensity(records),
             n: records.len(),
         }
     }
+}
+
+/// Mean [`EmotionLexicon::intensity`] of the generated part of each response (0 when none has one).
+pub fn emotion_intensity(records: &[ResponseRecord]) -> f64 {
+    let lexicon = EmotionLexicon::default();
+    let v: Vec<f64> = records
+        .iter()
+        .filter_map(|r| lexicon.intensity(r.response.strip_prefix(r.opening.as_str()).unwrap_or(&r.response)))
+        .collect();
+    if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
 /// Write each record as one JSON line.
@@ -405,7 +425,23 @@ mod tests {
         // Dist-1: {Titanic, stars, Kate, Winslet, ., It, has, Roy, Scheider, hello, there} = 11 over 3.
         assert!((m.dist1 - 11.0 / 3.0).abs() < 1e-12);
         let json = serde_json::to_value(&m).unwrap();
-        for k in ["dist@1", "dist@4", "bleu@1", "bleu@4", "mean_length", "names_movie", "factual_consistency", "n"] {
+        // Intensity: r0 "Titanic stars Kate Winslet ." 0 of 5 words, r1 0 of 4, r2 0 of 2.
+        assert_eq!(m.emotion_intensity, 0.0);
+        let mut moved = record("I think you would love it. It made me cry, deeply moving", "", None);
+        moved.opening = "I think you would love it.".into();
+        // The opening's "love" is not the model's: cry, deeply, moving = 3 of 6 words.
+        assert!((emotion_intensity(&[moved]) - 50.0).abs() < 1e-12);
+        for k in [
+            "dist@1",
+            "dist@4",
+            "bleu@1",
+            "bleu@4",
+            "mean_length",
+            "names_movie",
+            "factual_consistency",
+            "emotion_intensity",
+            "n",
+        ] {
             assert!(json.get(k).is_some(), "{k} in {json}");
         }
         // BLEU-1 by hand: r0: hyp 5 words vs ref 4, matches none case-sensitively ("Titanic" vs "titanic")

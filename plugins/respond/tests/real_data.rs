@@ -327,3 +327,185 @@ use = "prompt_builder"
     assert!(!prompt.contains("Related") && !prompt.contains("viewers felt"), "{prompt}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An engine whose last stage is ecr.toml's own prompt builder (its template, read from the
+/// recipe), after a Lua stage that declares the knowledge fields (a fine-tuning sample brings its
+/// own): what the generator's fine-tuning renders its samples through.
+fn ecr_prompt_engine(dir: &Path) -> ecr_engine::Engine {
+    let ecr: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("recipes/ecr.toml")).unwrap()).unwrap();
+    std::fs::write(dir.join("knowledge.lua"), "function run(turn) end\n").unwrap();
+    let recipe = r#"
+[recipe]
+name = "finetune-test"
+pipeline = ["knowledge", "prompt"]
+[stages.knowledge]
+use = "lua"
+with = { script = "knowledge.lua", writes = ["candidates", "passages", "facts", "ext.review_entities"] }
+[stages.prompt]
+use = "prompt_builder"
+"#;
+    let mut recipe: toml::Value = toml::from_str(recipe).unwrap();
+    recipe["stages"]["prompt"].as_table_mut().unwrap().insert("with".into(), ecr["stages"]["prompt"]["with"].clone());
+    let path = dir.join("finetune-test.toml");
+    std::fs::write(&path, toml::to_string(&recipe).unwrap()).unwrap();
+    ecr_engine::Engine::from_recipe_with(&path, &registry()).unwrap()
+}
+
+fn sample_options(inject: f64) -> ecr_respond::finetune::SampleOptions {
+    ecr_respond::finetune::SampleOptions {
+        relations: RetrieveOptions::default().relations,
+        max_entities: 4,
+        other_sentences: 2,
+        inject,
+        valid_share: 0.34,
+        seed: 42,
+    }
+}
+
+fn samples(inject: f64) -> Vec<ecr_respond::finetune::SampleFields> {
+    let f = fixture();
+    let db = retriever().db().unwrap();
+    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    ecr_respond::finetune::sample_fields(
+        db,
+        &f.res.kg,
+        &idx,
+        &|id| f.res.linker.movie_entity(id),
+        &sample_options(inject),
+    )
+}
+
+#[test]
+fn finetuning_samples_carry_the_prompt_fields_of_their_own_movie_only() {
+    use ecr_respond::knowledge::{display_name, fact_sentence};
+    let f = fixture();
+    let db = retriever().db().unwrap();
+    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let plain = samples(0.0);
+    // One sample per kept review of a KG movie.
+    let reviews: std::collections::BTreeSet<(usize, u32)> = (0..db.movies().len())
+        .flat_map(|m| db.movie_sentences(m).map(move |i| (m, db.sentences()[i].review)))
+        .collect();
+    assert_eq!(plain.len(), reviews.len());
+    assert!(plain.iter().any(|s| s.held_out) && plain.iter().any(|s| !s.held_out));
+    let mut with_facts = 0;
+    for s in &plain {
+        let m = db.movies().iter().position(|m| m.title == s.movie).unwrap();
+        assert_eq!(Some(s.item), db.movies()[m].redial_ids.iter().find_map(|&id| f.res.linker.movie_entity(id)));
+        // Every fact is about this movie: a one-hop KG neighbour under the fact's relation.
+        for fact in &s.facts {
+            assert_eq!(fact.head, s.movie);
+            let ok = idx.neighbours(&f.res.kg, s.item).any(|(r, t)| {
+                f.res.kg.relations[r as usize] == fact.relation
+                    && f.res.kg.name(t).map(display_name).as_deref() == Some(fact.tail.as_str())
+            });
+            assert!(ok, "{fact:?} is not a KG fact of {}", s.movie);
+        }
+        with_facts += usize::from(!s.facts.is_empty());
+        // Without injection the target is exactly one review of this movie, in order; the
+        // prompt's review sentences are this movie's too, from its other reviews.
+        let of_review = |r: u32| -> Vec<&str> {
+            db.movie_sentences(m)
+                .map(|i| &db.sentences()[i])
+                .filter(|x| x.review == r)
+                .map(|x| x.text.as_str())
+                .collect()
+        };
+        let review = db
+            .movie_sentences(m)
+            .map(|i| db.sentences()[i].review)
+            .find(|&r| of_review(r) == s.target)
+            .unwrap_or_else(|| panic!("the target of a {} sample is none of its reviews: {:?}", s.movie, s.target));
+        for r in &s.reviews {
+            let x = db.movie_sentences(m).map(|i| &db.sentences()[i]).find(|x| &x.text == r).expect("own movie");
+            assert_ne!(x.review, review, "the target's own review is not in its prompt");
+        }
+    }
+    assert!(with_facts > 0, "some reviews name the movie's people");
+    // With injection p = 1 every fact becomes a sentence of the target, before its first mention.
+    let injected = samples(1.0);
+    for (a, b) in plain.iter().zip(&injected) {
+        assert_eq!(b.target.len(), a.target.len() + a.facts.len());
+        for fact in &a.facts {
+            assert!(b.target.contains(&fact_sentence(fact)), "{fact:?} in {:?}", b.target);
+        }
+    }
+
+    // Rendered through ecr.toml's prompt builder: the template's fields, this movie's only.
+    let dir = tmp("finetune-render");
+    let engine = ecr_prompt_engine(&dir);
+    let titles: Vec<&str> = db.movies().iter().map(|m| m.title.as_str()).collect();
+    for s in plain.iter().filter(|s| !s.facts.is_empty()).take(5) {
+        let (prompt, opening) = ecr_respond::finetune::render(&engine, s).unwrap();
+        assert!(prompt.contains(&format!("Movie Name: {}\n", s.movie)), "{prompt}");
+        assert_eq!(opening, format!("I think you would love {}.", s.movie));
+        assert!(prompt.ends_with(&format!("<|im_start|>assistant\n{opening}")), "{prompt}");
+        for fact in &s.facts {
+            assert!(prompt.contains(&fact_sentence(fact)), "{fact:?} missing: {prompt}");
+        }
+        for e in &s.entities {
+            assert!(prompt.contains(e.as_str()), "{e} missing: {prompt}");
+        }
+        for line in prompt.lines().filter(|l| l.contains(": ")) {
+            let key = line.split(": ").next().unwrap();
+            assert!(
+                ["Movie Name", "Related Entities", "Related Knowledge", "What viewers felt", "First Sentence"]
+                    .iter()
+                    .any(|k| key.ends_with(k)),
+                "a line outside the template's fields: {line}"
+            );
+        }
+        for other in titles.iter().filter(|t| **t != s.movie) {
+            assert!(!prompt.contains(other), "another movie, {other}, in the prompt of {}", s.movie);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_short_finetuning_run_lowers_the_held_out_loss_and_the_adapter_loads() {
+    use ecr_respond::finetune::{ADAPTER_FILE, FinetuneConfig, train_adapter};
+    let dir = tmp("finetune-train");
+    let engine = ecr_prompt_engine(&dir);
+    let fields = samples(0.1);
+    let config = FinetuneConfig {
+        lora: ecr_llm::lora::LoraConfig { rank: 4, layers: 2, dropout: 0.0, ..Default::default() },
+        train: ecr_neural::fit::FitConfig {
+            epochs: 2,
+            batch_size: 2,
+            lr: 3e-3,
+            weight_decay: 0.0,
+            warmup: 0.0,
+            seed: 42,
+        },
+        max_samples: 6,
+        max_valid: 3,
+        max_target_tokens: 40,
+        ..Default::default()
+    };
+    let gguf = root().join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let t = std::time::Instant::now();
+    // One decoder thread: the tests beside this one keep the cores busy.
+    let load = ecr_llm::LoadOptions { threads: Some(1), ..Default::default() };
+    let m = train_adapter(&config, &gguf, &load, &fields, &engine, &dir, "test", false).unwrap();
+    eprintln!("short fine-tuning run: {:.1} s, {m}", t.elapsed().as_secs_f64());
+    let (before, after) = (m["valid_perplexity_base"].as_f64().unwrap(), m["valid_perplexity_tuned"].as_f64().unwrap());
+    assert!(after < before, "held-out perplexity {before} → {after}");
+    assert_eq!((m["train_samples"].as_u64(), m["valid_samples"].as_u64()), (Some(6), Some(3)));
+    let epochs = m["fit"]["epochs"].as_array().unwrap();
+    assert!(
+        epochs[1]["train_loss"].as_f64().unwrap() < epochs[0]["train_loss"].as_f64().unwrap(),
+        "training loss falls: {epochs:?}"
+    );
+    // The adapter loads onto its base with the recipe's shape, and not with another rank.
+    let file = dir.join(ADAPTER_FILE);
+    let opts = ecr_llm::LoadOptions::default();
+    ecr_llm::Llm::load_with_adapter(&gguf, &opts, &file, Some(&config.lora)).unwrap();
+    let other = ecr_llm::lora::LoraConfig { rank: 8, ..config.lora.clone() };
+    let Err(e) = ecr_llm::Llm::load_with_adapter(&gguf, &opts, &file, Some(&other)) else {
+        panic!("an adapter of rank 4 loaded as rank 8");
+    };
+    let e = e.to_string();
+    assert!(e.contains("rank 4") && e.contains("retrain"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

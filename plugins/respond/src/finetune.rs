@@ -1,0 +1,411 @@
+//! The generator's fine-tuning (ECR §4.1-4.2): samples from the review database, one per review,
+//! and a LoRA adapter trained on them ([`train_adapter`]).
+//!
+//! A sample: the recipe's prompt, rendered by the recipe's own prompt stage from a turn that holds
+//! the movie as the only candidate, the review's KG facts (its entities that are one-hop
+//! neighbours of the movie under the recipe's relations), its other entities, and up to `k`
+//! sentences of the movie's *other* reviews (as inference retrieves them); the target is the
+//! review, whole sentences up to `max_target_tokens`, with KG-fact injection (p 0.1).
+
+use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence};
+use crate::retrieve::PassageSource;
+use crate::reviewdb::ReviewDb;
+use crate::stage::{REVIEW_ENTITIES, RetrieverConfig};
+use candle_core::{Device, Tensor};
+use ecr_data::Kg;
+use ecr_engine::{BoxError, Candidate, Engine, Fact, Field, Passage, Turn};
+use ecr_llm::dense::DenseLlama;
+use ecr_llm::gguf::GgufFile;
+use ecr_llm::lora::{Adapter, BaseModel, LoraConfig, SplitMix};
+use ecr_llm::{Llm, LlmTokenizer};
+use ecr_neural::fit::{FitConfig, Objective, Selection, fit};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The adapter file inside the generator's checkpoint directory.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+
+/// `[stages.<generator>.with.finetune]`: train a LoRA adapter on the review database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    /// Train and use the adapter (`false`: a recipe that extends a fine-tuning one runs the base
+    /// model, prompted).
+    pub enabled: bool,
+    /// The adapter's shape.
+    pub lora: LoraConfig,
+    /// The training loop's settings (epochs, batch, lr, warm-up, seed).
+    pub train: FitConfig,
+    /// Where the reviews come from: the review database as a retriever opens it (index_dir,
+    /// filter, encoder, relations for the facts).
+    pub reviews: RetrieverConfig,
+    /// Training samples used at most (drawn by the seed; 0: all).
+    pub max_samples: usize,
+    /// Held-out samples used at most for selection and perplexity.
+    pub max_valid: usize,
+    /// Target tokens kept (whole sentences; a first sentence longer than this is cut).
+    pub max_target_tokens: usize,
+    /// Related entities in a prompt.
+    pub max_entities: usize,
+    /// Sentences of the movie's other reviews in a prompt.
+    pub other_sentences: usize,
+    /// KG-fact injection probability per fact (ECR: 0.1).
+    pub inject: f64,
+    /// Share of movies held out.
+    pub valid_share: f64,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            enabled: true,
+            lora: LoraConfig { layers: 8, ..LoraConfig::default() },
+            train: FitConfig { epochs: 1, batch_size: 4, lr: 1e-3, weight_decay: 0.0, warmup: 0.05, seed: 42 },
+            reviews: RetrieverConfig::default(),
+            max_samples: 600,
+            max_valid: 40,
+            max_target_tokens: 96,
+            max_entities: 4,
+            other_sentences: 2,
+            inject: 0.1,
+            valid_share: 0.05,
+        }
+    }
+}
+
+/// What a review gives a sample before rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleFields {
+    /// The movie's KG entity and display title (with year).
+    pub item: u32,
+    /// Title.
+    pub movie: String,
+    /// Facts between the movie and entities the review mentions.
+    pub facts: Vec<Fact>,
+    /// The review's other entities (display names), at most `max_entities`.
+    pub entities: Vec<String>,
+    /// Sentences of the movie's other reviews.
+    pub reviews: Vec<String>,
+    /// The target: the review's sentences (after injection).
+    pub target: Vec<String>,
+    /// Held out (by a hash of the movie), for model selection and perplexity.
+    pub held_out: bool,
+}
+
+/// Options of sample building.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// Relations whose neighbours become facts (the retriever's).
+    pub relations: Vec<String>,
+    /// Related entities kept.
+    pub max_entities: usize,
+    /// Sentences of other reviews shown.
+    pub other_sentences: usize,
+    /// Probability of injecting each fact into the target (ECR: 0.1).
+    pub inject: f64,
+    /// Share of movies held out.
+    pub valid_share: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The fields of every review in `db` whose movie is a KG movie.
+pub fn sample_fields(
+    db: &ReviewDb,
+    kg: &Kg,
+    index: &KnowledgeIndex,
+    movie_entity: &dyn Fn(u32) -> Option<u32>,
+    o: &SampleOptions,
+) -> Vec<SampleFields> {
+    let mut rng = SplitMix::new(o.seed);
+    let mut out = Vec::new();
+    for (m, movie) in db.movies().iter().enumerate() {
+        let Some(item) = movie.redial_ids.iter().find_map(|&id| movie_entity(id)) else { continue };
+        let held_out = (SplitMix::new(o.seed ^ u64::from(item)).next_f32() as f64) < o.valid_share;
+        let neighbours: Vec<(String, u32)> = index
+            .neighbours(kg, item)
+            .filter_map(|(r, t)| {
+                let rel = kg.relations.get(r as usize)?;
+                o.relations.contains(rel).then(|| (rel.clone(), t))
+            })
+            .collect();
+        let range = db.movie_sentences(m);
+        let sentences = &db.sentences()[range];
+        let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
+        reviews.dedup();
+        for &r in &reviews {
+            let own: Vec<_> = sentences.iter().filter(|s| s.review == r).collect();
+            let mut facts = Vec::new();
+            let mut entities = Vec::new();
+            for e in own.iter().flat_map(|s| s.entities.iter().copied()) {
+                let name = kg.name(e).map(display_name).unwrap_or_default();
+                match neighbours.iter().find(|(_, t)| *t == e) {
+                    Some((rel, _)) => {
+                        let f = Fact { head: movie.title.clone(), relation: rel.clone(), tail: name };
+                        if !facts.contains(&f) {
+                            facts.push(f);
+                        }
+                    }
+                    None if !name.is_empty() && !entities.contains(&name) && entities.len() < o.max_entities => {
+                        entities.push(name)
+                    }
+                    None => {}
+                }
+            }
+            let others: Vec<String> = sentences
+                .iter()
+                .filter(|s| s.review != r && s.is_emotional())
+                .take(o.other_sentences)
+                .map(|s| s.text.clone())
+                .collect();
+            let mut target: Vec<String> = own.iter().map(|s| s.text.clone()).collect();
+            inject_facts(&mut target, &facts, o.inject, &mut rng);
+            out.push(SampleFields {
+                item,
+                movie: movie.title.clone(),
+                facts,
+                entities,
+                reviews: others,
+                target,
+                held_out,
+            });
+        }
+    }
+    out
+}
+
+/// ECR's KG-fact injection: each fact, with probability `p`, becomes a sentence placed before the
+/// first sentence that mentions its tail (else at a random place).
+pub fn inject_facts(target: &mut Vec<String>, facts: &[Fact], p: f64, rng: &mut SplitMix) {
+    for f in facts {
+        if (rng.next_f32() as f64) >= p {
+            continue;
+        }
+        let tail = f.tail.to_lowercase();
+        let at = target
+            .iter()
+            .position(|s| s.to_lowercase().contains(&tail))
+            .unwrap_or_else(|| (rng.next_u64() % (target.len() as u64 + 1)) as usize);
+        target.insert(at, fact_sentence(f));
+    }
+}
+
+/// One tokenized sample: the prompt's tokens then the target's, and the frozen layers' output.
+struct Encoded {
+    tokens: Vec<u32>,
+    from: usize,
+    residual: Vec<f32>,
+}
+
+/// The stage of `upstream` that writes the prompt (the recipe's prompt builder, whatever it is).
+fn prompt_stage(upstream: &Engine) -> Result<String, BoxError> {
+    upstream
+        .stages()
+        .filter(|(_, _, io)| io.writes.contains(&Field::Prompt))
+        .map(|(id, _, _)| id.to_string())
+        .last()
+        .ok_or_else(|| "finetune: no stage before the generator writes the prompt: add a prompt_builder".into())
+}
+
+/// The prompt of `f` rendered by the prompt stage of `upstream` (the recipe's own, whatever it
+/// is), and the opening sentence the reply starts with.
+pub fn render(upstream: &Engine, f: &SampleFields) -> Result<(String, String), BoxError> {
+    let stage = prompt_stage(upstream)?;
+    let source = |review: &str| PassageSource { film: f.movie.clone(), similar_to: None, review: review.into() };
+    let mut turn = Turn {
+        candidates: vec![Candidate { item: f.item, name: f.movie.clone(), score: 1.0 }],
+        passages: f
+            .reviews
+            .iter()
+            .map(|t| Passage { item: f.item, text: t.clone(), score: 1.0, source: source("other review").render() })
+            .collect(),
+        facts: f.facts.clone(),
+        ..Turn::default()
+    };
+    turn.ext.insert(REVIEW_ENTITIES.into(), serde_json::json!(f.entities));
+    upstream.run_stage(&stage, &mut turn)?;
+    let prompt = turn.prompt.ok_or("finetune: the prompt stage wrote no prompt")?;
+    let prefix = turn.ext.get(crate::stage::RESPONSE_PREFIX).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    Ok((prompt, prefix))
+}
+
+/// The tokens of a rendered sample: the prompt, then whole target sentences up to `max` tokens
+/// and the end-of-turn token when the review fits.
+fn encode(tok: &LlmTokenizer, prompt: &str, target: &[String], max: usize) -> Result<(Vec<u32>, usize), BoxError> {
+    let mut tokens = tok.encode(prompt)?;
+    let from = tokens.len();
+    let mut kept = 0;
+    for (i, s) in target.iter().enumerate() {
+        let piece = tok.encode(&format!(" {s}"))?;
+        if kept + piece.len() > max {
+            if i == 0 {
+                tokens.extend(&piece[..max]);
+            }
+            return Ok((tokens, from));
+        }
+        kept += piece.len();
+        tokens.extend(piece);
+    }
+    tokens.extend(tok.token_id("<|im_end|>"));
+    Ok((tokens, from))
+}
+
+struct Tuning<'a> {
+    dense: &'a DenseLlama,
+    adapter: &'a Adapter,
+    train: &'a [Encoded],
+    valid: &'a [Encoded],
+    dropout: SplitMix,
+    d: usize,
+}
+
+impl Tuning<'_> {
+    fn loss_of(&mut self, e: &Encoded, drop: bool) -> ecr_neural::Result<Tensor> {
+        let r = Tensor::from_vec(e.residual.clone(), (e.tokens.len() - 1, self.d), &Device::Cpu)?;
+        let dropout = if drop { Some(&mut self.dropout) } else { None };
+        self.dense
+            .target_loss_from(r, &e.tokens, e.from, Some(self.adapter), dropout)
+            .map_err(|e| ecr_neural::NeuralError::Invalid(e.to_string()))
+    }
+
+    /// Mean held-out loss per target token.
+    fn valid_loss(&mut self) -> ecr_neural::Result<f64> {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for i in 0..self.valid.len() {
+            let e = &self.valid[i];
+            let k = e.tokens.len() - e.from;
+            sum += self.loss_of(e, false)?.to_scalar::<f32>()? as f64 * k as f64;
+            n += k;
+        }
+        Ok(sum / n.max(1) as f64)
+    }
+}
+
+impl Objective for Tuning<'_> {
+    fn n_train(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&mut self, batch: &[usize], _rng: &mut ecr_neural::rng::Rng) -> ecr_neural::Result<Tensor> {
+        let mut total: Option<Tensor> = None;
+        for &i in batch {
+            let l = self.loss_of(&self.train[i], true)?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        let total = total.ok_or_else(|| ecr_neural::NeuralError::Invalid("empty batch".into()))?;
+        Ok((total / batch.len() as f64)?)
+    }
+
+    fn select(&mut self) -> ecr_neural::Result<Selection> {
+        let loss = self.valid_loss()?;
+        Ok(Selection {
+            metric: -loss,
+            extra: serde_json::json!({ "valid_loss": loss, "valid_perplexity": loss.exp() }),
+        })
+    }
+
+    fn metric_name(&self) -> &str {
+        "held-out -loss/token"
+    }
+}
+
+/// Train an adapter on the samples `fields` (rendered through `upstream`'s prompt stage) on the
+/// base model `gguf`, and write it to `dir`. The frozen layers below the adapted ones run in the
+/// fast decoder loaded with `load` (its thread count: a busy machine wants fewer threads).
+/// Returns the figures (held-out perplexity before and after, samples, steps, time).
+#[allow(clippy::too_many_arguments)]
+pub fn train_adapter(
+    config: &FinetuneConfig,
+    gguf: &Path,
+    load: &ecr_llm::LoadOptions,
+    fields: &[SampleFields],
+    upstream: &Engine,
+    dir: &Path,
+    trained_from: &str,
+    progress: bool,
+) -> Result<serde_json::Value, BoxError> {
+    let _span = tracing::info_span!("finetune", samples = fields.len()).entered();
+    let t0 = std::time::Instant::now();
+    let g = GgufFile::open(gguf)?;
+    let base = BaseModel::of(&g)?;
+    let cfg = g.llama_config()?;
+    let first = config.lora.first_layer(cfg.n_layer);
+    let tok = LlmTokenizer::from_gguf(&g)?;
+    let fast = Llm::from_gguf(&g, std::sync::Arc::new(LlmTokenizer::from_gguf(&g)?), load)?;
+    // Training samples drawn by the seed; held-out ones are the first `max_valid` of their movies.
+    let mut rng = ecr_neural::rng::Rng::new(config.train.seed);
+    let mut train_f: Vec<&SampleFields> = fields.iter().filter(|f| !f.held_out).collect();
+    rng.shuffle(&mut train_f);
+    if config.max_samples > 0 {
+        train_f.truncate(config.max_samples);
+    }
+    let valid_f: Vec<&SampleFields> = fields.iter().filter(|f| f.held_out).take(config.max_valid).collect();
+    if train_f.is_empty() || valid_f.is_empty() {
+        return Err(format!(
+            "finetune: {} training and {} held-out samples: the review database is too small for finetune.valid_share {}",
+            train_f.len(),
+            valid_f.len(),
+            config.valid_share
+        )
+        .into());
+    }
+    let bar = ecr_data::progress::bar(progress, "finetune: rendering samples");
+    bar.set_length((train_f.len() + valid_f.len()) as u64);
+    let enc = |fs: &[&SampleFields]| -> Result<Vec<Encoded>, BoxError> {
+        let mut out = Vec::with_capacity(fs.len());
+        for f in fs {
+            let (prompt, _) = render(upstream, f)?;
+            let (tokens, from) = encode(&tok, &prompt, &f.target, config.max_target_tokens)?;
+            if from >= tokens.len() || tokens.len() > cfg.context {
+                continue;
+            }
+            let residual = fast.residual_before(&tokens[..tokens.len() - 1], first)?;
+            out.push(Encoded { tokens, from, residual });
+            bar.inc(1);
+        }
+        Ok(out)
+    };
+    let (train, valid) = (enc(&train_f)?, enc(&valid_f)?);
+    bar.finish_and_clear();
+    let longest = train.iter().chain(&valid).map(|e| e.tokens.len()).max().unwrap_or(1);
+    let dense = DenseLlama::top_layers(&g, longest, first)?;
+    let (adapter, vars) = Adapter::init(&config.lora, &base, config.train.seed)?;
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().map_err(|_| "finetune: variable map poisoned")?;
+        for (name, v) in vars {
+            data.insert(name, v);
+        }
+    }
+    let mut objective = Tuning {
+        dense: &dense,
+        adapter: &adapter,
+        train: &train,
+        valid: &valid,
+        dropout: SplitMix::new(config.train.seed),
+        d: cfg.d_model,
+    };
+    let base_loss = objective.valid_loss()?;
+    let report = fit(&varmap, &mut objective, &config.train, "generator adapter", progress)?;
+    let tuned_loss = -report.best_metric;
+    let prompt_tokens = train.iter().map(|e| e.from).sum::<usize>() as f64 / train.len() as f64;
+    let target_tokens = train.iter().map(|e| e.tokens.len() - e.from).sum::<usize>() as f64 / train.len() as f64;
+    let metrics = serde_json::json!({
+        "trained_from": trained_from,
+        "train_samples": train.len(),
+        "valid_samples": valid.len(),
+        "mean_prompt_tokens": prompt_tokens,
+        "mean_target_tokens": target_tokens,
+        "adapter_params": adapter.params(),
+        "valid_perplexity_base": base_loss.exp(),
+        "valid_perplexity_tuned": tuned_loss.exp(),
+        "fit": report,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    std::fs::create_dir_all(dir)?;
+    adapter.save(&dir.join(ADAPTER_FILE), &metrics)?;
+    Ok(metrics)
+}
