@@ -175,6 +175,9 @@ pub struct TrainOptions {
     pub force: bool,
     /// Train only this stage (by its recipe id).
     pub stage: Option<String>,
+    /// Train the stages up to and including this one (what it depends on), not the ones after
+    /// it: `ecr compare` of the recommender does not train the generator's adapter.
+    pub through: Option<String>,
     /// Options passed to the trainers.
     pub job: JobOptions,
 }
@@ -295,12 +298,17 @@ fn upstream_fingerprint(recipe: &Recipe, jobs: &[Job], index: usize) -> String {
 }
 
 /// Train every trainable enabled stage of `recipe` in pipeline order (or only
-/// `options.stage`), skipping those that are up to date unless `force`.
+/// `options.stage`, or those up to `options.through`), skipping those that are up to date
+/// unless `force`.
 pub fn train_recipe(recipe: &Recipe, options: &TrainOptions) -> Result<Vec<TrainOutcome>, EngineError> {
     let jobs = trainers(recipe)?;
+    let last = match &options.through {
+        Some(id) => pick(recipe, &jobs, id)?.index,
+        None => usize::MAX,
+    };
     let selected: Vec<&Job> = match &options.stage {
         Some(id) => vec![pick(recipe, &jobs, id)?],
-        None => jobs.iter().collect(),
+        None => jobs.iter().filter(|j| j.index <= last).collect(),
     };
     let mut outcomes = Vec::new();
     for job in selected {

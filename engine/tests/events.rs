@@ -579,3 +579,31 @@ with = {{ data = "../dialogues.txt", responses_only = {responses_only} }}
     let whole_retagged = load(recipe_text("ok", "b", false));
     assert!(matches!(status(&whole_retagged), TrainStatus::Stale(_)), "{:?}", status(&whole_retagged));
 }
+
+#[test]
+fn training_through_a_stage_leaves_the_stages_after_it_alone() {
+    let d = temp_recipes("through");
+    write(&d.join(".."), "dialogues.txt", "I loved Alien|Try Aliens");
+    let text = r#"
+[recipe]
+name = "two"
+pipeline = ["speak", "first", "second"]
+[stages.speak]
+use = "speaker"
+with = { words = ["ok"] }
+[stages.first]
+use = "vocab"
+with = { data = "../dialogues.txt" }
+[stages.second]
+use = "vocab"
+with = { data = "../dialogues.txt", lowercase = true }
+"#;
+    let recipe = Recipe::load(write(&d, "two.toml", text), &registry()).unwrap();
+    let through = TrainOptions { through: Some("first".into()), ..Default::default() };
+    let out = train_recipe(&recipe, &through).unwrap();
+    assert!(matches!(out.as_slice(), [TrainOutcome::Trained { stage, .. }] if stage == "first"), "{out:?}");
+    let status = recipe_status(&recipe).unwrap();
+    assert!(matches!(&status[1], (id, TrainStatus::Missing(_)) if id == "second"), "{status:?}");
+    let all = train_recipe(&recipe, &TrainOptions::default()).unwrap();
+    assert!(matches!(all.as_slice(), [TrainOutcome::UpToDate { .. }, TrainOutcome::Trained { .. }]), "{all:?}");
+}

@@ -14,8 +14,11 @@ pub struct TrainArgs {
     #[arg(short, long)]
     pub recipe: PathBuf,
     /// Train only this stage (its id in the recipe, e.g. `emotion`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "through")]
     pub stage: Option<String>,
+    /// Train the stages up to and including this one (e.g. `recommend`: not the generator's adapter).
+    #[arg(long)]
+    pub through: Option<String>,
     /// Retrain stages that are up to date.
     #[arg(long)]
     pub force: bool,
@@ -50,6 +53,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let options = TrainOptions {
         force: args.force,
         stage: args.stage,
+        through: args.through,
         job: JobOptions { seed: args.seed, progress: true, ..Default::default() },
     };
     let start = Instant::now();

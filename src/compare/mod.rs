@@ -175,8 +175,10 @@ pub fn compare(recipes: &[Recipe], options: &CompareOptions) -> Result<CompareOu
         let engine = |source| CompareError::Engine { recipe: name.clone(), source };
         let _span = tracing::info_span!("compare", recipe = recipe.name()).entered();
         let job = JobOptions { progress: options.progress, ..Default::default() };
-        // Everything up to date at the recipe's own seed first (upstream stages included).
-        for outcome in train_recipe(recipe, &TrainOptions { job: job.clone(), ..Default::default() }).map_err(engine)? {
+        // The compared stage and its upstream up to date at the recipe's own seed first (not the
+        // stages after it: comparing recommenders does not train the generator's adapter).
+        let through = TrainOptions { through: Some(options.stage.clone()), job: job.clone(), ..Default::default() };
+        for outcome in train_recipe(recipe, &through).map_err(engine)? {
             if let TrainOutcome::Trained { .. } = outcome {
                 tracing::info!("{outcome}");
             }
@@ -206,6 +208,7 @@ pub fn compare(recipes: &[Recipe], options: &CompareOptions) -> Result<CompareOu
                                 force: true,
                                 stage: Some(options.stage.clone()),
                                 job: JobOptions { seed: Some(s), ..job.clone() },
+                                ..Default::default()
                             };
                             let outcomes = train_recipe(recipe, &train).map_err(engine)?;
                             outcomes.into_iter().find_map(|o| match o {
@@ -265,7 +268,8 @@ pub fn compare_paired(
     for recipe in [a, b] {
         let name = recipe.path().display().to_string();
         let engine = |source| CompareError::Engine { recipe: name.clone(), source };
-        train_recipe(recipe, &TrainOptions { job: job.clone(), ..Default::default() }).map_err(engine)?;
+        let through = TrainOptions { through: Some(options.stage.clone()), job: job.clone(), ..Default::default() };
+        train_recipe(recipe, &through).map_err(engine)?;
         let report = evaluate_recipe(recipe, Some(&options.stage), &job).map_err(engine)?.pop().map(|(_, r)| r.metrics);
         let path = report.as_ref().and_then(|m| m.get("instances")).and_then(|v| v.as_str()).ok_or_else(|| {
             CompareError::Paired(format!(
