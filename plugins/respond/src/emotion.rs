@@ -54,9 +54,9 @@ impl EmotionLexicon {
     /// words). This is the `emotion_intensity` response metric. It is lexical on purpose: it reads
     /// the words a reader sees, costs no model pass, and does not depend on the tagger that chose
     /// the recommendations. Checked against people's labels: on the emotion annotations' test
-    /// split it ranks utterances labelled with a feeling above the neutral ones, and it scores
-    /// ten-star review sentences above recommenders' ReDial utterances
-    /// (`plugins/respond/tests/real_data.rs`).
+    /// split, utterances labelled with a feeling score 8.6 and neutral-only ones 3.6
+    /// (`plugins/respond/tests/real_data.rs`). It measures density, not style: ten-star review
+    /// sentences score 3.5 (long, with plot) and recommenders' short ReDial turns 5.9.
     pub fn intensity(&self, text: &str) -> Option<f64> {
         let words = text.split_whitespace().count();
         (words > 0).then(|| 100.0 * self.score(text) as f64 / words as f64)

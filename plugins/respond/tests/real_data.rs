@@ -509,3 +509,38 @@ fn a_short_finetuning_run_lowers_the_held_out_loss_and_the_adapter_loads() {
     assert!(e.contains("rank 4") && e.contains("retrain"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The mean of `xs` (0 when empty).
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+#[test]
+fn emotion_intensity_is_higher_on_utterances_people_labelled_with_a_feeling() {
+    use ecr_respond::emotion::EmotionLexicon;
+    let lex = EmotionLexicon::default();
+    let dir = data_dir().unwrap();
+    // The annotations' test split: utterances people labelled with a feeling against the ones
+    // they labelled neutral only.
+    let (mut felt, mut neutral) = (Vec::new(), Vec::new());
+    let text = std::fs::read_to_string(dir.join("emotion/annotations_test.jsonl")).unwrap();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let labels: Vec<&str> = v["labels"].as_array().unwrap().iter().filter_map(|l| l.as_str()).collect();
+        let Some(x) = lex.intensity(v["utterance"].as_str().unwrap()) else { continue };
+        if labels.iter().all(|&l| l == "neutral") {
+            neutral.push(x);
+        } else if !labels.contains(&"neutral") {
+            felt.push(x);
+        }
+    }
+    let (f, n) = (mean(&felt), mean(&neutral));
+    eprintln!(
+        "emotion intensity (feeling words per 100 words): labelled with a feeling {f:.2} ({} utterances), \
+         neutral only {n:.2} ({})",
+        felt.len(),
+        neutral.len(),
+    );
+    assert!(felt.len() > 500 && neutral.len() > 100);
+    assert!(f > 1.5 * n, "labelled {f:.2} vs neutral {n:.2}");
+}
