@@ -544,3 +544,45 @@ fn emotion_intensity_is_higher_on_utterances_people_labelled_with_a_feeling() {
     assert!(felt.len() > 500 && neutral.len() > 100);
     assert!(f > 1.5 * n, "labelled {f:.2} vs neutral {n:.2}");
 }
+
+#[test]
+fn a_finetuning_generator_without_its_adapter_says_how_to_train_it_and_refuses_candle() {
+    let dir = tmp("finetune-missing");
+    std::fs::write(dir.join("prompt.lua"), "function run(turn) end\n").unwrap();
+    let gguf = root().join("models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let recipe = |decoder: &str| {
+        format!(
+            r#"
+[recipe]
+name = "needs-adapter"
+pipeline = ["prompt", "generate"]
+[stages.prompt]
+use = "lua"
+with = {{ script = "prompt.lua", writes = ["prompt"] }}
+[stages.generate]
+use = "generator"
+[stages.generate.with]
+model = "{}"
+adapter = "adapter-here"
+load = {{ decoder = "{decoder}" }}
+[stages.generate.with.finetune]
+max_samples = 10
+"#,
+            gguf.display()
+        )
+    };
+    let mut registry = registry();
+    registry.register(ecr_respond::GeneratorFactory).unwrap();
+    let path = dir.join("needs-adapter.toml");
+    std::fs::write(&path, recipe("fast")).unwrap();
+    let Err(e) = ecr_engine::Engine::from_recipe_with(&path, &registry) else { panic!("built without its adapter") };
+    let e = e.to_string();
+    assert!(e.contains("adapter-here/adapter.safetensors does not exist"), "{e}");
+    assert!(e.contains("ecr train -r") && e.contains("needs-adapter.toml --stage generate"), "{e}");
+
+    std::fs::write(&path, recipe("candle")).unwrap();
+    let Err(e) = ecr_engine::Recipe::load(&path, &registry) else { panic!("candle accepted with an adapter") };
+    let e = e.to_string();
+    assert!(e.contains("load.decoder") && e.contains("needs decoder = \"fast\""), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
