@@ -71,6 +71,10 @@ pub enum BenchCommand {
         /// Run candle on the Q4_1 weights as shipped instead of re-quantizing them to Q4_0.
         #[arg(long)]
         candle_q4_1: bool,
+        /// Also measure our decoder with this LoRA adapter applied (e.g.
+        /// runs/shared/generator-adapter/adapter.safetensors), side by side with the base.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -99,9 +103,15 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        BenchCommand::Generate { model, threads, tokens, rounds, candle_q4_1, json } => {
-            let opts =
-                ecr::llm::bench::BenchOptions { model, threads, gen_tokens: tokens, rounds, candle_q4_0: !candle_q4_1 };
+        BenchCommand::Generate { model, threads, tokens, rounds, candle_q4_1, adapter, json } => {
+            let opts = ecr::llm::bench::BenchOptions {
+                model,
+                threads,
+                gen_tokens: tokens,
+                rounds,
+                candle_q4_0: !candle_q4_1,
+                adapter,
+            };
             let report = ecr::llm::bench::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

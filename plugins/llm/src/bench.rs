@@ -2,6 +2,7 @@
 //! one run on the same token ids, beside the llama.cpp/candle anchors measured on this machine.
 
 use crate::gguf::GgufFile;
+use crate::lora::{Adapter, BaseModel};
 use crate::sampling::argmax;
 use crate::tokenizer::LlmTokenizer;
 use crate::{DecoderKind, Llm, LoadOptions, Result};
@@ -42,6 +43,8 @@ pub struct BenchOptions {
     pub rounds: usize,
     /// Re-quantize candle's weights to Q4_0 (its fastest configuration here).
     pub candle_q4_0: bool,
+    /// A LoRA adapter file: also measure our decoder with it applied, beside the base.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -52,6 +55,7 @@ impl Default for BenchOptions {
             gen_tokens: 128,
             rounds: 2,
             candle_q4_0: true,
+            adapter: None,
         }
     }
 }
@@ -80,6 +84,9 @@ pub struct BenchReport {
     pub ours: DecoderFigures,
     /// candle's `quantized_llama`.
     pub candle: DecoderFigures,
+    /// Our decoder with the adapter of [`BenchOptions::adapter`] applied, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapted: Option<DecoderFigures>,
     /// Tokens of the ECR prompt.
     pub ecr_prompt_tokens: usize,
     /// Tokens of the short prompt.
@@ -121,26 +128,33 @@ fn measure(llm: &Llm, ids: &[u32], new_tokens: usize) -> Result<Measure> {
     Ok(Measure { prefill_s, first_token_s, gen_s: t1.elapsed().as_secs_f64() })
 }
 
-fn figures(llm: &Llm, ecr: &[u32], short: &[u32], opts: &BenchOptions) -> Result<DecoderFigures> {
-    let _span = tracing::info_span!("bench_decoder", decoder = ?llm.kind()).entered();
-    let (mut p, mut g, mut f, mut sp, mut g2) = (0f64, 0f64, f64::INFINITY, 0f64, 0f64);
+/// The figures of each of `llms`, measured in turn within each round (so that a slow spell of
+/// the shared machine hits them alike), best of the rounds.
+fn figures(llms: &[&Llm], ecr: &[u32], short: &[u32], opts: &BenchOptions) -> Result<Vec<DecoderFigures>> {
+    let mut out: Vec<DecoderFigures> = llms
+        .iter()
+        .map(|llm| DecoderFigures {
+            decoder: llm.describe(),
+            prompt_tok_s: 0.0,
+            gen_tok_s: 0.0,
+            first_token_ms: f64::INFINITY,
+            short_prompt_tok_s: 0.0,
+            gen_after_ecr_tok_s: 0.0,
+        })
+        .collect();
     for _ in 0..opts.rounds.max(1) {
-        let long = measure(llm, ecr, opts.gen_tokens)?;
-        let small = measure(llm, short, opts.gen_tokens)?;
-        p = p.max(ecr.len() as f64 / long.prefill_s);
-        f = f.min(long.first_token_s * 1e3);
-        g2 = g2.max(opts.gen_tokens as f64 / long.gen_s);
-        sp = sp.max(short.len() as f64 / small.prefill_s);
-        g = g.max(opts.gen_tokens as f64 / small.gen_s);
+        for (llm, d) in llms.iter().zip(&mut out) {
+            let _span = tracing::info_span!("bench_decoder", decoder = %d.decoder).entered();
+            let long = measure(llm, ecr, opts.gen_tokens)?;
+            let small = measure(llm, short, opts.gen_tokens)?;
+            d.prompt_tok_s = d.prompt_tok_s.max(ecr.len() as f64 / long.prefill_s);
+            d.first_token_ms = d.first_token_ms.min(long.first_token_s * 1e3);
+            d.gen_after_ecr_tok_s = d.gen_after_ecr_tok_s.max(opts.gen_tokens as f64 / long.gen_s);
+            d.short_prompt_tok_s = d.short_prompt_tok_s.max(short.len() as f64 / small.prefill_s);
+            d.gen_tok_s = d.gen_tok_s.max(opts.gen_tokens as f64 / small.gen_s);
+        }
     }
-    Ok(DecoderFigures {
-        decoder: llm.describe(),
-        prompt_tok_s: p,
-        gen_tok_s: g,
-        first_token_ms: f,
-        short_prompt_tok_s: sp,
-        gen_after_ecr_tok_s: g2,
-    })
+    Ok(out)
 }
 
 /// Load both decoders from one read of the file and measure them, ours first.
@@ -158,15 +172,27 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         tok.clone(),
         &LoadOptions { decoder: DecoderKind::Candle, candle_q4_0: opts.candle_q4_0, ..Default::default() },
     )?;
+    let adapted = match &opts.adapter {
+        Some(file) => {
+            let adapter = Adapter::load(file, &BaseModel::of(&g)?, None)?;
+            let load = LoadOptions { threads: opts.threads, ..Default::default() };
+            Some(Llm::from_gguf_with(&g, tok.clone(), &load, Some(&adapter))?)
+        }
+        None => None,
+    };
     drop(g);
-    // Warm up both (page faults, lazily built tables) before timing.
-    measure(&ours, &short[..8], 4)?;
-    measure(&candle, &short[..8], 4)?;
-    let ours_f = figures(&ours, &ecr, &short, opts)?;
-    let candle_f = figures(&candle, &ecr, &short, opts)?;
+    let mut llms = vec![&ours, &candle];
+    llms.extend(adapted.as_ref());
+    // Warm up each (page faults, lazily built tables) before timing.
+    for llm in &llms {
+        measure(llm, &short[..8], 4)?;
+    }
+    let mut figs = figures(&llms, &ecr, &short, opts)?.into_iter();
+    let (ours_f, candle_f) = (figs.next().expect("ours"), figs.next().expect("candle"));
     Ok(BenchReport {
         ours: ours_f,
         candle: candle_f,
+        adapted: figs.next(),
         ecr_prompt_tokens: ecr.len(),
         short_prompt_tokens: short.len(),
         gen_tokens: opts.gen_tokens,
@@ -195,6 +221,27 @@ impl fmt::Display for BenchReport {
                 f,
                 "{:<34} {:>11.0} {:>11.1} {:>11.1} {:>11.0} {:>12.1}",
                 name, d.prompt_tok_s, d.gen_tok_s, d.first_token_ms, d.short_prompt_tok_s, d.gen_after_ecr_tok_s
+            )?;
+        }
+        if let Some(a) = &self.adapted {
+            writeln!(
+                f,
+                "{:<34} {:>11.0} {:>11.1} {:>11.1} {:>11.0} {:>12.1}",
+                "ours + adapter",
+                a.prompt_tok_s,
+                a.gen_tok_s,
+                a.first_token_ms,
+                a.short_prompt_tok_s,
+                a.gen_after_ecr_tok_s
+            )?;
+            let pct = |with: f64, without: f64| 100.0 * (with / without - 1.0);
+            writeln!(
+                f,
+                "adapter cost in this run: generation {:+.1}% t/s (after the ECR prompt {:+.1}%), prompt {:+.1}% t/s, first token {:+.1}% ms",
+                pct(a.gen_tok_s, self.ours.gen_tok_s),
+                pct(a.gen_after_ecr_tok_s, self.ours.gen_after_ecr_tok_s),
+                pct(a.prompt_tok_s, self.ours.prompt_tok_s),
+                pct(a.first_token_ms, self.ours.first_token_ms)
             )?;
         }
         writeln!(f, "  ours:   {}", self.ours.decoder)?;
@@ -242,6 +289,7 @@ mod tests {
         let r = BenchReport {
             ours: fig(800.0, 120.0),
             candle: fig(100.0, 60.0),
+            adapted: Some(fig(760.0, 114.0)),
             ecr_prompt_tokens: 421,
             short_prompt_tokens: 53,
             gen_tokens: 128,
@@ -256,5 +304,7 @@ mod tests {
         }
         let text = r.to_string();
         assert!(text.contains("prompt 8.00x, generation 2.00x"), "{text}");
+        assert!(text.contains("adapter cost in this run: generation -5.0% t/s"), "{text}");
+        assert!(j["adapted"]["gen_tok_s"].is_number(), "{j}");
     }
 }
