@@ -64,17 +64,34 @@ impl LoraPair {
 
     /// `y[t][off..off + out] += B·A·x[t]` for every token row `t` of `x` (width `in`); rows of
     /// `y` are `ys` wide.
-    fn add(&self, pool: &ThreadPool, x: &[f32], y: &mut [f32], ys: usize, off: usize) {
+    fn add(&self, kernel: Kernel, pool: &ThreadPool, x: &[f32], y: &mut [f32], ys: usize, off: usize) {
         par_chunks(pool, y, ys, |t, row| {
             let x = &x[t * self.d_in..(t + 1) * self.d_in];
             let out = &mut row[off..off + self.d_out];
-            for j in 0..self.rank {
-                let u: f32 = self.a[j * self.d_in..(j + 1) * self.d_in].iter().zip(x).map(|(a, b)| a * b).sum();
-                for (o, &b) in out.iter_mut().zip(&self.bt[j * self.d_out..(j + 1) * self.d_out]) {
-                    *o += u * b;
-                }
+            match kernel {
+                // SAFETY: both kernels are only selected on CPUs with AVX2 and FMA (`Kernel::detect`).
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { self.row_avx2(x, out) },
+                _ => self.row(x, out),
             }
         });
+    }
+
+    #[inline(always)]
+    fn row(&self, x: &[f32], out: &mut [f32]) {
+        for j in 0..self.rank {
+            let u = dot(&self.a[j * self.d_in..(j + 1) * self.d_in], x);
+            for (o, &b) in out.iter_mut().zip(&self.bt[j * self.d_out..(j + 1) * self.d_out]) {
+                *o += u * b;
+            }
+        }
+    }
+
+    /// [`Self::row`] compiled for AVX2 (the same operations in the same order: equal results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn row_avx2(&self, x: &[f32], out: &mut [f32]) {
+        self.row(x, out)
     }
 }
 
@@ -308,7 +325,7 @@ impl FastModel {
                 self.norm_rows(&s.x, &layer.attn_norm, &mut s.h, d);
                 for (t, off) in [(Target::Q, 0), (Target::K, d), (Target::V, d + kv)] {
                     if let Some(p) = layer.lora(t) {
-                        p.add(&self.pool, &s.h, &mut s.qkv, qkv_w, off);
+                        p.add(self.kernel, &self.pool, &s.h, &mut s.qkv, qkv_w, off);
                     }
                 }
             }
@@ -343,7 +360,7 @@ impl FastModel {
                 unsafe { x.store(o, t0, n, d, tile * TILE, true) }
             });
             if let Some(p) = layer.lora(Target::O) {
-                p.add(&self.pool, &s.att, &mut s.x, d, 0);
+                p.add(self.kernel, &self.pool, &s.att, &mut s.x, d, 0);
             }
             // Feed-forward block.
             self.norm_quantize(&s.x, &layer.ffn_norm, &mut s.acts, d);
@@ -354,7 +371,7 @@ impl FastModel {
                     buf.clear();
                     if let Some(p) = p {
                         buf.resize(t_n * f, 0.0);
-                        p.add(&self.pool, &s.h, buf, f, 0);
+                        p.add(self.kernel, &self.pool, &s.h, buf, f, 0);
                     }
                 }
             }
@@ -381,7 +398,7 @@ impl FastModel {
                 unsafe { x.store(o, t0, n, d, tile * TILE, true) }
             });
             if let Some(p) = layer.lora(Target::Down) {
-                p.add(&self.pool, &s.ff, &mut s.x, d, 0);
+                p.add(self.kernel, &self.pool, &s.ff, &mut s.x, d, 0);
             }
         }
         s.pos += t_n;
@@ -563,6 +580,9 @@ pub fn attend(kernel: Kernel, q: &[f32], cache: &KvView<'_>, n: usize, out: &mut
         Kernel::Avx512Vnni if hd.is_multiple_of(16) && hd <= 128 => unsafe {
             attend_avx512(q, cache, n, &mut scores, out)
         },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` is only selected on CPUs with AVX2 and FMA; bounds as above.
+        Kernel::Avx2 if hd.is_multiple_of(8) && hd <= 128 => unsafe { attend_avx2(q, cache, n, &mut scores, out) },
         _ => attend_portable(q, cache, n, &mut scores, out),
     }
     SCORES.with_borrow_mut(|s| *s = scores);
@@ -683,7 +703,102 @@ unsafe fn attend_avx512(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out
     }
 }
 
+/// `e^x` on 8 lanes (x ≤ 0; below -87 it flushes towards 0): as [`exp512`], with the power of two
+/// built in the exponent bits (`n + 127 << 23`, n ≥ -126 after the clamp) since AVX2 has no
+/// `vscalefps`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    const C: [f32; 8] = [
+        1.0,
+        std::f32::consts::LN_2,
+        0.240_226_5,
+        0.055_504_11,
+        0.009_618_129,
+        0.001_333_355,
+        1.540_353e-4,
+        1.525_273e-5,
+    ];
+    let t = _mm256_mul_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(std::f32::consts::LOG2_E));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+    let f = _mm256_sub_ps(t, n);
+    let mut p = _mm256_set1_ps(C[7]);
+    for &c in C[..7].iter().rev() {
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
+    }
+    let pow = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(pow))
+}
+
+/// SAFETY (callers): AVX2 and FMA present; `q.len()` a multiple of 8 and at most 128; the
+/// bounds checked in `attend`; `sc.len()` = `n` rounded up to 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    let kv_dim = c.n_kv * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Lanes of half `h` of key block `b` that hold positions below `n`.
+    let valid = |b: usize, h: usize| {
+        let left = (n - b * KEY_BLOCK) as i32 - 8 * h as i32;
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane))
+    };
+    // SAFETY (whole body): as in `attend_avx512`.
+    unsafe {
+        // Scores of 16 positions at a time, as two halves of 8; 2 chains each for the latency.
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for b in 0..n.div_ceil(KEY_BLOCK) {
+            let base = c.k.as_ptr().add((b * c.n_kv + c.head) * hd * KEY_BLOCK);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for d in (0..hd).step_by(2) {
+                for i in 0..2 {
+                    let qd = _mm256_set1_ps(*q.get_unchecked(d + i));
+                    let row = base.add((d + i) * KEY_BLOCK);
+                    acc[2 * i] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row), acc[2 * i]);
+                    acc[2 * i + 1] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row.add(8)), acc[2 * i + 1]);
+                }
+            }
+            for h in 0..2 {
+                let s = _mm256_mul_ps(_mm256_add_ps(acc[h], acc[2 + h]), _mm256_set1_ps(scale));
+                let s = _mm256_blendv_ps(_mm256_set1_ps(f32::NEG_INFINITY), s, valid(b, h));
+                vmax = _mm256_max_ps(vmax, s);
+                _mm256_storeu_ps(sc.as_mut_ptr().add(b * KEY_BLOCK + 8 * h), s);
+            }
+        }
+        let mut m = [0f32; 8];
+        _mm256_storeu_ps(m.as_mut_ptr(), vmax);
+        let vmax = _mm256_set1_ps(m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)));
+        let mut vsum = _mm256_setzero_ps();
+        for b in 0..n.div_ceil(KEY_BLOCK) {
+            for h in 0..2 {
+                let p = sc.as_mut_ptr().add(b * KEY_BLOCK + 8 * h);
+                let e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_loadu_ps(p), vmax)), valid(b, h));
+                vsum = _mm256_add_ps(vsum, e);
+                _mm256_storeu_ps(p, e);
+            }
+        }
+        _mm256_storeu_ps(m.as_mut_ptr(), vsum);
+        let inv = 1.0 / m.iter().sum::<f32>();
+        let regs = hd / 8;
+        let mut o = [_mm256_setzero_ps(); 16];
+        for (j, &p) in sc[..n].iter().enumerate() {
+            let w = _mm256_set1_ps(p * inv);
+            let vp = c.v.as_ptr().add(j * kv_dim + c.head * hd);
+            for (r, o) in o.iter_mut().enumerate().take(regs) {
+                *o = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(8 * r)), *o);
+            }
+        }
+        for (r, o) in o.iter().enumerate().take(regs) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * r), *o);
+        }
+    }
+}
+
 /// Dot product with 16 independent partial sums (vectorizes).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
@@ -810,7 +925,7 @@ mod tests {
                     &vals.iter().map(|v| v[head].clone()).collect::<Vec<_>>(),
                 );
                 let cache = KvView { k: &kc, v: &vc, n_kv, head };
-                for kernel in [Kernel::Scalar, Kernel::detect()] {
+                for kernel in Kernel::available() {
                     let mut out = vec![0f32; hd];
                     attend(kernel, &q, &cache, n, &mut out);
                     for (a, b) in out.iter().zip(&want) {

@@ -16,7 +16,10 @@
 //!   candle/ggml quantize them for Q4_1/Q8_0 dot products (scale rounded to f16), so both decoders
 //!   compute the same integer dot products.
 //!
-//! Every kernel has a portable scalar version; the AVX-512 VNNI one is chosen at run time.
+//! Every kernel has a portable scalar version; the fastest the CPU supports is chosen at run
+//! time: AVX-512 VNNI, else AVX2 (most laptops and servers since 2013), where one 64-byte group
+//! is two 32-byte halves (rows 0-7 and 8-15) and `vpmaddubsw` + `vpmaddwd` stand in for
+//! `vpdpbusd`.
 
 use half::f16;
 
@@ -37,6 +40,8 @@ pub enum Kernel {
     Scalar,
     /// AVX-512 F/BW with VNNI `vpdpbusd`.
     Avx512Vnni,
+    /// AVX2 with FMA and F16C: `vpmaddubsw` byte pairs, summed in 16 bits, then `vpmaddwd`.
+    Avx2,
 }
 
 impl Kernel {
@@ -50,8 +55,31 @@ impl Kernel {
             {
                 return Kernel::Avx512Vnni;
             }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Scalar
+    }
+
+    /// Every kernel this CPU can run, the scalar reference first (for tests and benchmarks).
+    pub fn available() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            let has = |f: &[bool]| f.iter().all(|&b| b);
+            use std::arch::is_x86_feature_detected as x86;
+            if has(&[x86!("avx2"), x86!("fma"), x86!("f16c")]) {
+                all.push(Kernel::Avx2);
+            }
+            if has(&[x86!("avx512f"), x86!("avx512bw"), x86!("avx512vnni")]) {
+                all.push(Kernel::Avx512Vnni);
+            }
+        }
+        all
     }
 }
 
@@ -326,11 +354,14 @@ impl Kernel {
         match self {
             Kernel::Scalar => q4_tile_scalar(wt, a, t0, n, out),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Avx512Vnni` is only constructed (detect) or used (tests compare with it only
-            // after detect returns it) on CPUs with AVX-512 F/BW/VNNI; bounds are checked above.
+            // SAFETY: `Avx512Vnni` is only constructed (detect) or used (tests take it from
+            // `available`) on CPUs with AVX-512 F/BW/VNNI; bounds are checked above.
             Kernel::Avx512Vnni => unsafe { avx512::q4_tile(wt, a, t0, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx2` is only constructed on CPUs with AVX2/FMA/F16C (as above).
+            Kernel::Avx2 => unsafe { avx2::q4_tile(wt, a, t0, n, out) },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Vnni => q4_tile_scalar(wt, a, t0, n, out),
+            Kernel::Avx512Vnni | Kernel::Avx2 => q4_tile_scalar(wt, a, t0, n, out),
         }
     }
 
@@ -343,8 +374,11 @@ impl Kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `q4_tile`.
             Kernel::Avx512Vnni => unsafe { avx512::q8_tile(wt, a, t0, n, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `q4_tile`.
+            Kernel::Avx2 => unsafe { avx2::q8_tile(wt, a, t0, n, out) },
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Vnni => q8_tile_scalar(wt, a, t0, n, out),
+            Kernel::Avx512Vnni | Kernel::Avx2 => q8_tile_scalar(wt, a, t0, n, out),
         }
     }
 }
@@ -509,6 +543,153 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The AVX2 kernels: the AVX-512 ones on 8 lanes, each 64-byte group of a tile loaded as two
+    //! halves (rows 0-7, rows 8-15). Callers guarantee the CPU features and the bounds.
+
+    use super::{Q4_BLOCK, Q8_BLOCK, QActs, QK, TOKENS, TileOut};
+    use std::arch::x86_64::*;
+
+    /// SAFETY (callers): AVX2, FMA and F16C present; `wt` holds `a.k / 32` blocks of 320 bytes;
+    /// rows `t0 .. t0 + n` exist in `a`; n ≤ 4.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
+        match n {
+            1 => unsafe { q4::<1>(wt, a, t0, out) },
+            2 => unsafe { q4::<2>(wt, a, t0, out) },
+            3 => unsafe { q4::<3>(wt, a, t0, out) },
+            _ => unsafe { q4::<4>(wt, a, t0, out) },
+        }
+    }
+
+    /// 8 f16 at `p` as f32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16x8(p: *const u8) -> __m256 {
+        // SAFETY: callers pass 16 readable bytes.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4<const N: usize>(wt: &[u8], a: &QActs, t0: usize, out: &mut TileOut) {
+        let nb = a.k / QK;
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for b in 0..nb {
+            // SAFETY: block b spans wt[b*320 .. b*320+320], inside `wt` (nb blocks).
+            unsafe {
+                let base = wt.as_ptr().add(b * Q4_BLOCK);
+                let d = [f16x8(base), f16x8(base.add(16))];
+                let m = [f16x8(base.add(32)), f16x8(base.add(48))];
+                // w[g][h]: columns 4g..4g+4 (low nibbles, g < 4) or 16 + 4(g - 4).. (high
+                // nibbles of the same bytes) of rows 8h..8h+8, 4 per 32-bit lane.
+                let mut w = [[_mm256_setzero_si256(); 2]; 8];
+                for g in 0..4 {
+                    for h in 0..2 {
+                        let v = _mm256_loadu_si256(base.add(64 + 64 * g + 32 * h) as *const __m256i);
+                        w[g][h] = _mm256_and_si256(v, mask);
+                        w[g + 4][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    }
+                }
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let row = t0 + t;
+                    let x = a.qs.as_ptr().add(row * a.k + b * QK) as *const i32;
+                    // A 16-bit lane sums 2 products per group, |q · x| ≤ 15 · 127, over 8
+                    // groups: at most 30,480, inside i16, so the widening waits for the end.
+                    let mut s = [_mm256_setzero_si256(); 2];
+                    for (g, w) in w.iter().enumerate() {
+                        let xb = _mm256_set1_epi32(x.add(g).read_unaligned());
+                        for h in 0..2 {
+                            s[h] = _mm256_add_epi16(s[h], _mm256_maddubs_epi16(w[h], xb));
+                        }
+                    }
+                    let dx = _mm256_set1_ps(*a.d.get_unchecked(row * nb + b));
+                    let sx = _mm256_set1_ps(*a.s.get_unchecked(row * nb + b));
+                    for h in 0..2 {
+                        let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[h], ones));
+                        acc[h] = _mm256_fmadd_ps(s, _mm256_mul_ps(d[h], dx), acc[h]);
+                        acc[h] = _mm256_fmadd_ps(m[h], sx, acc[h]);
+                    }
+                }
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is 16 f32s.
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+            }
+        }
+        for o in out.iter_mut().skip(N).take(TOKENS - N) {
+            *o = [0.0; 16];
+        }
+    }
+
+    /// SAFETY (callers): as `q4_tile`, with blocks of 544 bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q8_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
+        match n {
+            1 => unsafe { q8::<1>(wt, a, t0, out) },
+            2 => unsafe { q8::<2>(wt, a, t0, out) },
+            3 => unsafe { q8::<3>(wt, a, t0, out) },
+            _ => unsafe { q8::<4>(wt, a, t0, out) },
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8<const N: usize>(wt: &[u8], a: &QActs, t0: usize, out: &mut TileOut) {
+        let nb = a.k / QK;
+        let flip = _mm256_set1_epi8(-128);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; N];
+        for b in 0..nb {
+            // SAFETY: block b spans wt[b*544 .. b*544+544], inside `wt`.
+            unsafe {
+                let base = wt.as_ptr().add(b * Q8_BLOCK);
+                let d = [f16x8(base), f16x8(base.add(16))];
+                // The stored bytes are q + 128; `vpmaddubsw` on them would saturate (255 · 127 · 2),
+                // so flip back to signed q and multiply |q| by x with q's sign (≤ 2 · 128 · 127).
+                let mut w = [[_mm256_setzero_si256(); 2]; 8];
+                let mut wabs = [[_mm256_setzero_si256(); 2]; 8];
+                for g in 0..8 {
+                    for h in 0..2 {
+                        let v = _mm256_loadu_si256(base.add(32 + 64 * g + 32 * h) as *const __m256i);
+                        w[g][h] = _mm256_xor_si256(v, flip);
+                        wabs[g][h] = _mm256_sign_epi8(w[g][h], w[g][h]);
+                    }
+                }
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let row = t0 + t;
+                    let x = a.qs.as_ptr().add(row * a.k + b * QK) as *const i32;
+                    let mut s = [_mm256_setzero_si256(); 2];
+                    for g in 0..8 {
+                        let xb = _mm256_set1_epi32(x.add(g).read_unaligned());
+                        for h in 0..2 {
+                            let p = _mm256_maddubs_epi16(wabs[g][h], _mm256_sign_epi8(xb, w[g][h]));
+                            s[h] = _mm256_add_epi32(s[h], _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                    let dx = _mm256_set1_ps(*a.d.get_unchecked(row * nb + b));
+                    for h in 0..2 {
+                        acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), _mm256_mul_ps(d[h], dx), acc[h]);
+                    }
+                }
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is 16 f32s.
+            unsafe {
+                _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+            }
+        }
+        for o in out.iter_mut().skip(N).take(TOKENS - N) {
+            *o = [0.0; 16];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,8 +797,10 @@ mod tests {
             // differs only by float rounding (and the f16-rounded activation sums, as in ggml).
             let (plain, mag) = plain_f32(rows, k, t, |r, c| w.weight(r, c), &a);
             assert_close_scaled(&scalar, &plain, &mag, 1e-3, &format!("scalar vs f32, {rows}x{k}x{t}"));
-            let fast = run(Kernel::detect(), w.tiles(), rows, &a, f);
-            assert_close(&fast, &scalar, 1e-5, &format!("{:?} vs scalar, {rows}x{k}x{t}", Kernel::detect()));
+            for kernel in Kernel::available() {
+                let fast = run(kernel, w.tiles(), rows, &a, f);
+                assert_close(&fast, &scalar, 1e-5, &format!("{kernel:?} vs scalar, {rows}x{k}x{t}"));
+            }
         }
     }
 
@@ -632,8 +815,10 @@ mod tests {
             let scalar = run(Kernel::Scalar, w.tiles(), rows, &a, f);
             let (plain, mag) = plain_f32(rows, k, t, |r, c| w.weight(r, c), &a);
             assert_close_scaled(&scalar, &plain, &mag, 1e-5, &format!("scalar vs f32, {rows}x{k}x{t}"));
-            let fast = run(Kernel::detect(), w.tiles(), rows, &a, f);
-            assert_close(&fast, &scalar, 1e-5, &format!("{:?} vs scalar, {rows}x{k}x{t}", Kernel::detect()));
+            for kernel in Kernel::available() {
+                let fast = run(kernel, w.tiles(), rows, &a, f);
+                assert_close(&fast, &scalar, 1e-5, &format!("{kernel:?} vs scalar, {rows}x{k}x{t}"));
+            }
         }
     }
 
