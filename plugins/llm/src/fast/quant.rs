@@ -585,11 +585,12 @@ mod avx2 {
                 // w[g][h]: columns 4g..4g+4 (low nibbles, g < 4) or 16 + 4(g - 4).. (high
                 // nibbles of the same bytes) of rows 8h..8h+8, 4 per 32-bit lane.
                 let mut w = [[_mm256_setzero_si256(); 2]; 8];
-                for g in 0..4 {
+                let (low, high) = w.split_at_mut(4);
+                for (g, (lo, hi)) in low.iter_mut().zip(high).enumerate() {
                     for h in 0..2 {
                         let v = _mm256_loadu_si256(base.add(64 + 64 * g + 32 * h) as *const __m256i);
-                        w[g][h] = _mm256_and_si256(v, mask);
-                        w[g + 4][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        lo[h] = _mm256_and_si256(v, mask);
+                        hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
                     }
                 }
                 for (t, acc) in acc.iter_mut().enumerate() {
