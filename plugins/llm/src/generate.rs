@@ -37,7 +37,7 @@ pub struct LoadOptions {
     /// candle only: re-quantize the Q4_1 weights to Q4_0 at load, candle's fastest configuration
     /// on this CPU (Q4_1 has no SIMD kernel in candle 0.11). Changes the outputs slightly.
     pub candle_q4_0: bool,
-    /// Fast decoder only: use the portable scalar kernels even where AVX-512 VNNI is available
+    /// Fast decoder only: use the portable scalar kernels even where AVX2 or AVX-512 VNNI is available
     /// (for tests of the fast path against the fallback).
     pub force_scalar: bool,
 }

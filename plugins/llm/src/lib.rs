@@ -7,7 +7,7 @@
 //!   [`tokenizer::TextStream`], which turns token bytes into valid UTF-8 pieces;
 //! - [`sampling`]: greedy and seeded temperature/top-p sampling, no-repeat-n-gram;
 //! - [`Llm`]: the loaded model (weights shared, `Send + Sync`) with two decoders behind one API,
-//!   our own [`fast`] decoder (quantized AVX-512 VNNI kernels, a persistent thread pool) and
+//!   our own [`fast`] decoder (quantized AVX-512 VNNI / AVX2 kernels, a persistent thread pool) and
 //!   candle's `quantized_llama` as the reference ([`DecoderKind`]);
 //! - [`Session`]: one generation's state (the KV cache) and [`Llm::generate`] with a per-piece
 //!   callback that can stop it;
