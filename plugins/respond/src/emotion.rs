@@ -41,13 +41,7 @@ impl EmotionLexicon {
 
     /// Number of lexicon words in `sentence` (case-insensitive, punctuation trimmed).
     pub fn score(&self, sentence: &str) -> u32 {
-        sentence
-            .split_whitespace()
-            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase())
-            .filter(|w| {
-                !w.is_empty() && (self.words.contains(w) || self.stems.iter().any(|s| w.starts_with(s.as_str())))
-            })
-            .count() as u32
+        self.feeling_words(sentence).count() as u32
     }
 
     /// Emotional intensity of `text`: feeling words per 100 words (`None` for a text without
@@ -60,6 +54,25 @@ impl EmotionLexicon {
     pub fn intensity(&self, text: &str) -> Option<f64> {
         let words = text.split_whitespace().count();
         (words > 0).then(|| 100.0 * self.score(text) as f64 / words as f64)
+    }
+
+    /// [`Self::intensity`] counting each feeling word once ("great … great" is one): distinct
+    /// feeling words per 100 words. Repetition cannot raise it, so a rise in `intensity` that
+    /// this one does not share is a model saying the same word again. The
+    /// `emotion_intensity_distinct` response metric.
+    pub fn distinct_intensity(&self, text: &str) -> Option<f64> {
+        let words = text.split_whitespace().count();
+        let distinct: HashSet<String> = self.feeling_words(text).collect();
+        (words > 0).then(|| 100.0 * distinct.len() as f64 / words as f64)
+    }
+
+    /// The lexicon words of `text`, lowercased and trimmed, in order (repeats included).
+    fn feeling_words<'a>(&'a self, text: &'a str) -> impl Iterator<Item = String> + 'a {
+        text.split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_lowercase())
+            .filter(|w| {
+                !w.is_empty() && (self.words.contains(w) || self.stems.iter().any(|s| w.starts_with(s.as_str())))
+            })
     }
 
     /// Number of entries (words and stems).

@@ -5,7 +5,10 @@
 //! the movie as the only candidate, the review's KG facts (its entities that are one-hop
 //! neighbours of the movie under the recipe's relations), its other entities, and up to `k`
 //! sentences of the movie's *other* reviews (as inference retrieves them); the target is the
-//! review, whole sentences up to `max_target_tokens`, with KG-fact injection (p 0.1).
+//! review, whole sentences up to `max_target_tokens`, with KG-fact injection (p 0.1). With
+//! `target = "emotional"` the review's sentences that express a feeling (the review database's
+//! lexicon mark, the sentences the retriever shows) are the target and the facts and entities of
+//! the prompt come from those sentences.
 
 use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence};
 use crate::retrieve::PassageSource;
@@ -53,6 +56,29 @@ pub struct FinetuneConfig {
     pub inject: f64,
     /// Share of movies held out.
     pub valid_share: f64,
+    /// Which of a review's sentences make its target.
+    pub target: TargetSentences,
+}
+
+/// Which sentences of a review make a training target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetSentences {
+    /// Every sentence, in order (ECR).
+    #[default]
+    All,
+    /// The sentences that express a feeling (at least one lexicon word), in order; a review
+    /// without one gives no sample.
+    Emotional,
+}
+
+impl TargetSentences {
+    fn keeps(self, s: &crate::reviewdb::Sentence) -> bool {
+        match self {
+            TargetSentences::All => true,
+            TargetSentences::Emotional => s.is_emotional(),
+        }
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -69,6 +95,7 @@ impl Default for FinetuneConfig {
             other_sentences: 2,
             inject: 0.1,
             valid_share: 0.05,
+            target: TargetSentences::All,
         }
     }
 }
@@ -105,6 +132,8 @@ pub struct SampleOptions {
     pub inject: f64,
     /// Share of movies held out.
     pub valid_share: f64,
+    /// Which sentences of a review make its target.
+    pub target: TargetSentences,
     /// Seed.
     pub seed: u64,
 }
@@ -134,7 +163,10 @@ pub fn sample_fields(
         let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
         reviews.dedup();
         for &r in &reviews {
-            let own: Vec<_> = sentences.iter().filter(|s| s.review == r).collect();
+            let own: Vec<_> = sentences.iter().filter(|s| s.review == r && o.target.keeps(s)).collect();
+            if own.is_empty() {
+                continue;
+            }
             let mut facts = Vec::new();
             let mut entities = Vec::new();
             for e in own.iter().flat_map(|s| s.entities.iter().copied()) {

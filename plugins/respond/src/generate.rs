@@ -334,6 +334,7 @@ impl ecr_engine::Trainable for ResponseEval {
             other_sentences: ft.other_sentences,
             inject: ft.inject,
             valid_share: ft.valid_share,
+            target: ft.target,
             seed: ft.train.seed,
         };
         let fields = crate::finetune::sample_fields(&db, &res.kg, &index, &|id| res.linker.movie_entity(id), &options);

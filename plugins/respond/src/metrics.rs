@@ -116,6 +116,8 @@ pub struct ResponseMetrics {
     pub claims: usize,
     /// Feeling words per 100 generated words, mean over responses (opening sentence excluded).
     pub emotion_intensity: f64,
+    /// The same with each feeling word counted once per response (repetition discounted).
+    pub emotion_intensity_distinct: f64,
     /// Number of responses.
     pub n: usize,
 }
@@ -275,6 +277,7 @@ impl<'a> FactChecker<'a> {
             factual_consistency: if claims.is_empty() { 1.0 } else { ratio(supported, claims.len()) },
             claims: claims.len(),
             emotion_intensity: emotion_intensity(records),
+            emotion_intensity_distinct: mean_over_responses(records, EmotionLexicon::distinct_intensity),
             n: records.len(),
         }
     }
@@ -282,10 +285,15 @@ impl<'a> FactChecker<'a> {
 
 /// Mean [`EmotionLexicon::intensity`] of the generated part of each response (0 when none has one).
 pub fn emotion_intensity(records: &[ResponseRecord]) -> f64 {
+    mean_over_responses(records, EmotionLexicon::intensity)
+}
+
+/// Mean of a lexicon measure over what the model wrote (the response after its opening sentence).
+fn mean_over_responses(records: &[ResponseRecord], f: fn(&EmotionLexicon, &str) -> Option<f64>) -> f64 {
     let lexicon = EmotionLexicon::default();
     let v: Vec<f64> = records
         .iter()
-        .filter_map(|r| lexicon.intensity(r.response.strip_prefix(r.opening.as_str()).unwrap_or(&r.response)))
+        .filter_map(|r| f(&lexicon, r.response.strip_prefix(r.opening.as_str()).unwrap_or(&r.response)))
         .collect();
     if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
@@ -430,7 +438,13 @@ mod tests {
         let mut moved = record("I think you would love it. It made me cry, deeply moving", "", None);
         moved.opening = "I think you would love it.".into();
         // The opening's "love" is not the model's: cry, deeply, moving = 3 of 6 words.
-        assert!((emotion_intensity(&[moved]) - 50.0).abs() < 1e-12);
+        assert!((emotion_intensity(&[moved.clone()]) - 50.0).abs() < 1e-12);
+        // Repetition raises the intensity, not its distinct variant: great great sad = 3 and 2 of 4.
+        let mut again = record("Great great, so sad", "", None);
+        again.opening = String::new();
+        let again = [again];
+        assert!((emotion_intensity(&again) - 75.0).abs() < 1e-12);
+        assert!((mean_over_responses(&again, EmotionLexicon::distinct_intensity) - 50.0).abs() < 1e-12);
         for k in [
             "dist@1",
             "dist@4",
@@ -440,6 +454,7 @@ mod tests {
             "names_movie",
             "factual_consistency",
             "emotion_intensity",
+            "emotion_intensity_distinct",
             "n",
         ] {
             assert!(json.get(k).is_some(), "{k} in {json}");

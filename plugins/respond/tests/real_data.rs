@@ -358,21 +358,51 @@ fn sample_options(inject: f64) -> ecr_respond::finetune::SampleOptions {
         other_sentences: 2,
         inject,
         valid_share: 0.34,
+        target: ecr_respond::finetune::TargetSentences::All,
         seed: 42,
     }
 }
 
 fn samples(inject: f64) -> Vec<ecr_respond::finetune::SampleFields> {
+    samples_of(&sample_options(inject))
+}
+
+fn samples_of(options: &ecr_respond::finetune::SampleOptions) -> Vec<ecr_respond::finetune::SampleFields> {
     let f = fixture();
     let db = retriever().db().unwrap();
     let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
-    ecr_respond::finetune::sample_fields(
-        db,
-        &f.res.kg,
-        &idx,
-        &|id| f.res.linker.movie_entity(id),
-        &sample_options(inject),
-    )
+    ecr_respond::finetune::sample_fields(db, &f.res.kg, &idx, &|id| f.res.linker.movie_entity(id), options)
+}
+
+/// `target = "emotional"`: a target is the feeling sentences of one review, in order, and its
+/// facts are named in them; reviews without one give no sample.
+#[test]
+fn emotional_targets_keep_a_reviews_feeling_sentences_and_their_facts_only() {
+    use ecr_respond::finetune::TargetSentences;
+    let db = retriever().db().unwrap();
+    let all = samples(0.0);
+    let emotional =
+        samples_of(&ecr_respond::finetune::SampleOptions { target: TargetSentences::Emotional, ..sample_options(0.0) });
+    assert!(!emotional.is_empty() && emotional.len() <= all.len());
+    let feeling: std::collections::HashMap<&str, bool> =
+        db.sentences().iter().map(|s| (s.text.as_str(), s.is_emotional())).collect();
+    let (mut shorter, mut fewer_facts) = (0, 0);
+    for s in &emotional {
+        assert!(s.target.iter().all(|t| feeling[t.as_str()]), "a sentence without feeling in {:?}", s.target);
+        // The same review's full target holds these sentences in the same order.
+        let full = all
+            .iter()
+            .find(|a| a.item == s.item && s.target.iter().all(|t| a.target.contains(t)))
+            .expect("an emotional target is part of one review");
+        let kept: Vec<&String> = full.target.iter().filter(|t| feeling[t.as_str()]).collect();
+        assert_eq!(kept, s.target.iter().collect::<Vec<_>>());
+        shorter += usize::from(kept.len() < full.target.len());
+        // Facts come from the kept sentences: a subset of the whole review's.
+        assert!(s.facts.iter().all(|f| full.facts.contains(f)), "{:?} vs {:?}", s.facts, full.facts);
+        fewer_facts += usize::from(s.facts.len() < full.facts.len());
+    }
+    assert!(shorter > 0, "some reviews have sentences without feeling");
+    assert!(fewer_facts > 0, "some facts are named only in sentences without feeling");
 }
 
 #[test]
