@@ -438,7 +438,7 @@ mod tests {
         let mut moved = record("I think you would love it. It made me cry, deeply moving", "", None);
         moved.opening = "I think you would love it.".into();
         // The opening's "love" is not the model's: cry, deeply, moving = 3 of 6 words.
-        assert!((emotion_intensity(&[moved.clone()]) - 50.0).abs() < 1e-12);
+        assert!((emotion_intensity(&[moved]) - 50.0).abs() < 1e-12);
         // Repetition raises the intensity, not its distinct variant: great great sad = 3 and 2 of 4.
         let mut again = record("Great great, so sad", "", None);
         again.opening = String::new();

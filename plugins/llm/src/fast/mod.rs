@@ -613,6 +613,11 @@ fn attend_portable(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out: &mu
     }
 }
 
+/// `2^f` for |f| ≤ 0.5: the degree-7 Taylor coefficients of `e^(f·ln 2)`, shared by the SIMD `exp`s.
+#[cfg(target_arch = "x86_64")]
+const EXP2_POLY: [f32; 8] =
+    [1.0, std::f32::consts::LN_2, 0.240_226_5, 0.055_504_11, 0.009_618_129, 0.001_333_355, 1.540_353e-4, 1.525_273e-5];
+
 /// `e^x` on 16 lanes (x ≤ 0 here; below -87 it flushes towards 0): `2^(x·log2 e)` split into an
 /// integer power (`vscalefps`) and `2^f`, |f| ≤ 0.5, by its degree-7 Taylor polynomial (relative
 /// error under 1e-7, below f32 rounding of the scores).
@@ -620,21 +625,11 @@ fn attend_portable(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out: &mu
 #[target_feature(enable = "avx512f")]
 fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    const C: [f32; 8] = [
-        1.0,
-        std::f32::consts::LN_2,
-        0.240_226_5,
-        0.055_504_11,
-        0.009_618_129,
-        0.001_333_355,
-        1.540_353e-4,
-        1.525_273e-5,
-    ];
     let t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
     let f = _mm512_sub_ps(t, n);
-    let mut p = _mm512_set1_ps(C[7]);
-    for &c in C[..7].iter().rev() {
+    let mut p = _mm512_set1_ps(EXP2_POLY[7]);
+    for &c in EXP2_POLY[..7].iter().rev() {
         p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
     }
     _mm512_scalef_ps(p, n)
@@ -710,21 +705,11 @@ unsafe fn attend_avx512(q: &[f32], c: &KvView<'_>, n: usize, sc: &mut [f32], out
 #[target_feature(enable = "avx2,fma")]
 fn exp256(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    const C: [f32; 8] = [
-        1.0,
-        std::f32::consts::LN_2,
-        0.240_226_5,
-        0.055_504_11,
-        0.009_618_129,
-        0.001_333_355,
-        1.540_353e-4,
-        1.525_273e-5,
-    ];
     let t = _mm256_mul_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(std::f32::consts::LOG2_E));
     let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
     let f = _mm256_sub_ps(t, n);
-    let mut p = _mm256_set1_ps(C[7]);
-    for &c in C[..7].iter().rev() {
+    let mut p = _mm256_set1_ps(EXP2_POLY[7]);
+    for &c in EXP2_POLY[..7].iter().rev() {
         p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c));
     }
     let pow = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));

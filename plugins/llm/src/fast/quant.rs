@@ -45,27 +45,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU supports.
+    /// The fastest kernel this CPU supports (the last of [`Kernel::available`]).
     pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
-                return Kernel::Avx512Vnni;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Scalar
+        Kernel::available().pop().unwrap_or(Kernel::Scalar)
     }
 
-    /// Every kernel this CPU can run, the scalar reference first (for tests and benchmarks).
+    /// Every kernel this CPU can run, slowest first: the scalar reference, then AVX2, then
+    /// AVX-512 VNNI (tests compare each with the first; `detect` takes the last).
     pub fn available() -> Vec<Kernel> {
         let mut all = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
@@ -434,24 +420,41 @@ fn q8_tile_scalar(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) 
     }
 }
 
+/// Call the `N`-token instance of a kernel for `n` ≤ 4 tokens (a const `N` keeps the per-token
+/// accumulators in registers).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_tokens {
+    ($kernel:ident, $wt:expr, $a:expr, $t0:expr, $n:expr, $out:expr) => {
+        match $n {
+            1 => $kernel::<1>($wt, $a, $t0, $out),
+            2 => $kernel::<2>($wt, $a, $t0, $out),
+            3 => $kernel::<3>($wt, $a, $t0, $out),
+            _ => $kernel::<4>($wt, $a, $t0, $out),
+        }
+    };
+}
+
+/// Zero the outputs of the tokens past the first `n` (a kernel's contract: unused rows are 0).
+#[cfg(target_arch = "x86_64")]
+fn clear_unused(out: &mut TileOut, n: usize) {
+    for o in out.iter_mut().skip(n) {
+        *o = [0.0; TILE];
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     //! The AVX-512 VNNI kernels. Callers guarantee the CPU features and the bounds (checked in
     //! `Kernel::q4_tile`/`q8_tile`); every load below stays inside `wt` and `a`'s vectors.
 
-    use super::{Q4_BLOCK, Q8_BLOCK, QActs, QK, TOKENS, TileOut};
+    use super::{Q4_BLOCK, Q8_BLOCK, QActs, QK, TileOut, clear_unused};
     use std::arch::x86_64::*;
 
     /// SAFETY (callers): AVX-512 F/BW/VNNI present; `wt` holds `a.k / 32` blocks of 320 bytes;
     /// rows `t0 .. t0 + n` exist in `a`; n ≤ 4.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q4_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
-        match n {
-            1 => unsafe { q4::<1>(wt, a, t0, out) },
-            2 => unsafe { q4::<2>(wt, a, t0, out) },
-            3 => unsafe { q4::<3>(wt, a, t0, out) },
-            _ => unsafe { q4::<4>(wt, a, t0, out) },
-        }
+        unsafe { by_tokens!(q4, wt, a, t0, n, out) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -492,20 +495,13 @@ mod avx512 {
             // SAFETY: `o` is 16 f32s.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
         }
-        for o in out.iter_mut().skip(N).take(TOKENS - N) {
-            *o = [0.0; 16];
-        }
+        clear_unused(out, N);
     }
 
     /// SAFETY (callers): as `q4_tile`, with blocks of 544 bytes.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn q8_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
-        match n {
-            1 => unsafe { q8::<1>(wt, a, t0, out) },
-            2 => unsafe { q8::<2>(wt, a, t0, out) },
-            3 => unsafe { q8::<3>(wt, a, t0, out) },
-            _ => unsafe { q8::<4>(wt, a, t0, out) },
-        }
+        unsafe { by_tokens!(q8, wt, a, t0, n, out) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -537,9 +533,7 @@ mod avx512 {
             // SAFETY: `o` is 16 f32s.
             unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
         }
-        for o in out.iter_mut().skip(N).take(TOKENS - N) {
-            *o = [0.0; 16];
-        }
+        clear_unused(out, N);
     }
 }
 
@@ -548,19 +542,14 @@ mod avx2 {
     //! The AVX2 kernels: the AVX-512 ones on 8 lanes, each 64-byte group of a tile loaded as two
     //! halves (rows 0-7, rows 8-15). Callers guarantee the CPU features and the bounds.
 
-    use super::{Q4_BLOCK, Q8_BLOCK, QActs, QK, TOKENS, TileOut};
+    use super::{Q4_BLOCK, Q8_BLOCK, QActs, QK, TileOut, clear_unused};
     use std::arch::x86_64::*;
 
     /// SAFETY (callers): AVX2, FMA and F16C present; `wt` holds `a.k / 32` blocks of 320 bytes;
     /// rows `t0 .. t0 + n` exist in `a`; n ≤ 4.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q4_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
-        match n {
-            1 => unsafe { q4::<1>(wt, a, t0, out) },
-            2 => unsafe { q4::<2>(wt, a, t0, out) },
-            3 => unsafe { q4::<3>(wt, a, t0, out) },
-            _ => unsafe { q4::<4>(wt, a, t0, out) },
-        }
+        unsafe { by_tokens!(q4, wt, a, t0, n, out) }
     }
 
     /// 8 f16 at `p` as f32.
@@ -622,20 +611,13 @@ mod avx2 {
                 _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
             }
         }
-        for o in out.iter_mut().skip(N).take(TOKENS - N) {
-            *o = [0.0; 16];
-        }
+        clear_unused(out, N);
     }
 
     /// SAFETY (callers): as `q4_tile`, with blocks of 544 bytes.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn q8_tile(wt: &[u8], a: &QActs, t0: usize, n: usize, out: &mut TileOut) {
-        match n {
-            1 => unsafe { q8::<1>(wt, a, t0, out) },
-            2 => unsafe { q8::<2>(wt, a, t0, out) },
-            3 => unsafe { q8::<3>(wt, a, t0, out) },
-            _ => unsafe { q8::<4>(wt, a, t0, out) },
-        }
+        unsafe { by_tokens!(q8, wt, a, t0, n, out) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -685,9 +667,7 @@ mod avx2 {
                 _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
             }
         }
-        for o in out.iter_mut().skip(N).take(TOKENS - N) {
-            *o = [0.0; 16];
-        }
+        clear_unused(out, N);
     }
 }
 
