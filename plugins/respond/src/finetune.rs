@@ -9,13 +9,19 @@
 //! `target = "emotional"` the review's sentences that express a feeling (the review database's
 //! lexicon mark, the sentences the retriever shows) are the target and the facts and entities of
 //! the prompt come from those sentences.
+//!
+//! Inference prompts differ from ECR's training prompts in two ways that the recipe can close:
+//! most recommended movies have no reviews, so their prompts show *similar films'* sentences
+//! (`similar_share` of the samples show them too, chosen as the retriever chooses them), and the
+//! retriever's knowledge is the movie's plot, genres and people, not only the review's triples
+//! (`knowledge = "retrieved"`).
 
-use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence};
-use crate::retrieve::PassageSource;
+use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, movie_facts};
+use crate::retrieve::{PassageSource, sentence_passage, similar_sentences};
 use crate::reviewdb::ReviewDb;
 use crate::stage::{REVIEW_ENTITIES, RetrieverConfig};
 use candle_core::{Device, Tensor};
-use ecr_data::Kg;
+use ecr_data::prepare::Resources;
 use ecr_engine::{BoxError, Candidate, Engine, Fact, Field, Passage, Turn};
 use ecr_llm::dense::DenseLlama;
 use ecr_llm::gguf::GgufFile;
@@ -58,6 +64,38 @@ pub struct FinetuneConfig {
     pub valid_share: f64,
     /// Which of a review's sentences make its target.
     pub target: TargetSentences,
+    /// Share of samples (drawn by the seed) whose prompt shows similar films' feeling sentences,
+    /// found as the retriever finds them for a movie without reviews (the reviews config's
+    /// `similar_k`, `per_movie`), instead of the movie's other reviews (0: ECR).
+    // Left out of the settings' serialisation at their defaults, so that adapters trained before
+    // these keys existed keep their fingerprint.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub similar_share: f64,
+    /// The knowledge in a sample's prompt.
+    #[serde(skip_serializing_if = "PromptKnowledge::is_review")]
+    pub knowledge: PromptKnowledge,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+/// What a sample's prompt shows as knowledge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptKnowledge {
+    /// The KG triples between the movie and the entities the target mentions (ECR).
+    #[default]
+    Review,
+    /// What the retriever gives at inference (plot, genres, people by relation, at most the
+    /// reviews config's `max_facts`), then the review's triples not among them.
+    Retrieved,
+}
+
+impl PromptKnowledge {
+    fn is_review(&self) -> bool {
+        *self == PromptKnowledge::Review
+    }
 }
 
 /// Which sentences of a review make a training target.
@@ -96,6 +134,8 @@ impl Default for FinetuneConfig {
             inject: 0.1,
             valid_share: 0.05,
             target: TargetSentences::All,
+            similar_share: 0.0,
+            knowledge: PromptKnowledge::Review,
         }
     }
 }
@@ -107,59 +147,56 @@ pub struct SampleFields {
     pub item: u32,
     /// Title.
     pub movie: String,
-    /// Facts between the movie and entities the review mentions.
+    /// The prompt's facts: between the movie and entities the review mentions, after what the
+    /// retriever gives with `knowledge = "retrieved"`.
     pub facts: Vec<Fact>,
     /// The review's other entities (display names), at most `max_entities`.
     pub entities: Vec<String>,
     /// Sentences of the movie's other reviews.
     pub reviews: Vec<String>,
+    /// Instead of those, similar films' sentences (the passages the retriever would give).
+    pub similar: Vec<Passage>,
     /// The target: the review's sentences (after injection).
     pub target: Vec<String>,
     /// Held out (by a hash of the movie), for model selection and perplexity.
     pub held_out: bool,
 }
 
-/// Options of sample building.
-#[derive(Debug, Clone)]
-pub struct SampleOptions {
-    /// Relations whose neighbours become facts (the retriever's).
-    pub relations: Vec<String>,
-    /// Related entities kept.
-    pub max_entities: usize,
-    /// Sentences of other reviews shown.
-    pub other_sentences: usize,
-    /// Probability of injecting each fact into the target (ECR: 0.1).
-    pub inject: f64,
-    /// Share of movies held out.
-    pub valid_share: f64,
-    /// Which sentences of a review make its target.
-    pub target: TargetSentences,
-    /// Seed.
-    pub seed: u64,
-}
-
-/// The fields of every review in `db` whose movie is a KG movie.
+/// The fields of every review in `db` whose movie is a KG movie, built as `config` says.
 pub fn sample_fields(
     db: &ReviewDb,
-    kg: &Kg,
+    res: &Resources,
     index: &KnowledgeIndex,
-    movie_entity: &dyn Fn(u32) -> Option<u32>,
-    o: &SampleOptions,
+    config: &FinetuneConfig,
 ) -> Vec<SampleFields> {
-    let mut rng = SplitMix::new(o.seed);
+    let o = config;
+    let retrieve = o.reviews.options();
+    let kg = &res.kg;
+    let mut rng = SplitMix::new(o.train.seed);
+    // A stream of its own, so that the similar-film draw leaves the injection draws as they were.
+    let mut pick = SplitMix::new(o.train.seed ^ 0x5111_1a12);
+    let movie_entity: Vec<Option<u32>> =
+        db.movies().iter().map(|m| m.redial_ids.iter().find_map(|&id| res.linker.movie_entity(id))).collect();
+    let no_dialogue = vec![0.0; db.dim()];
     let mut out = Vec::new();
     for (m, movie) in db.movies().iter().enumerate() {
-        let Some(item) = movie.redial_ids.iter().find_map(|&id| movie_entity(id)) else { continue };
-        let held_out = (SplitMix::new(o.seed ^ u64::from(item)).next_f32() as f64) < o.valid_share;
+        let Some(item) = movie_entity[m] else { continue };
+        let held_out = (SplitMix::new(o.train.seed ^ u64::from(item)).next_f32() as f64) < o.valid_share;
         let neighbours: Vec<(String, u32)> = index
             .neighbours(kg, item)
             .filter_map(|(r, t)| {
                 let rel = kg.relations.get(r as usize)?;
-                o.relations.contains(rel).then(|| (rel.clone(), t))
+                retrieve.relations.contains(rel).then(|| (rel.clone(), t))
             })
             .collect();
+        let retrieved = match o.knowledge {
+            PromptKnowledge::Review => Vec::new(),
+            PromptKnowledge::Retrieved => {
+                movie_facts(kg, &res.catalogue, index, item, &movie.title, &retrieve.relations, retrieve.max_facts)
+            }
+        };
         let range = db.movie_sentences(m);
-        let sentences = &db.sentences()[range];
+        let sentences = &db.sentences()[range.clone()];
         let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
         reviews.dedup();
         for &r in &reviews {
@@ -184,20 +221,32 @@ pub fn sample_fields(
                     None => {}
                 }
             }
-            let others: Vec<String> = sentences
-                .iter()
-                .filter(|s| s.review != r && s.is_emotional())
-                .take(o.other_sentences)
-                .map(|s| s.text.clone())
-                .collect();
             let mut target: Vec<String> = own.iter().map(|s| s.text.clone()).collect();
             inject_facts(&mut target, &facts, o.inject, &mut rng);
+            let same = |a: &Fact, b: &Fact| a.relation == b.relation && a.tail.eq_ignore_ascii_case(&b.tail);
+            let mut prompt_facts = retrieved.clone();
+            prompt_facts.extend(facts.into_iter().filter(|f| !retrieved.iter().any(|g| same(f, g))));
+            let (others, similar) = if (pick.next_f32() as f64) < o.similar_share {
+                let desc = db.description_vector(m);
+                let found = similar_sentences(db, &movie_entity, item, &no_dialogue, desc, &retrieve);
+                let similar =
+                    found.into_iter().map(|(i, film, score)| sentence_passage(db, i, film, score, Some(&movie.title)));
+                (Vec::new(), similar.collect())
+            } else {
+                let others = sentences
+                    .iter()
+                    .filter(|s| s.review != r && s.is_emotional())
+                    .take(o.other_sentences)
+                    .map(|s| s.text.clone());
+                (others.collect(), Vec::new())
+            };
             out.push(SampleFields {
                 item,
                 movie: movie.title.clone(),
-                facts,
+                facts: prompt_facts,
                 entities,
                 reviews: others,
+                similar,
                 target,
                 held_out,
             });
@@ -243,14 +292,11 @@ fn prompt_stage(upstream: &Engine) -> Result<String, BoxError> {
 /// is), and the opening sentence the reply starts with.
 pub fn render(upstream: &Engine, f: &SampleFields) -> Result<(String, String), BoxError> {
     let stage = prompt_stage(upstream)?;
-    let source = |review: &str| PassageSource { film: f.movie.clone(), similar_to: None, review: review.into() };
+    let source = PassageSource { film: f.movie.clone(), similar_to: None, review: "other review".into() }.render();
+    let own = f.reviews.iter().map(|t| Passage { item: f.item, text: t.clone(), score: 1.0, source: source.clone() });
     let mut turn = Turn {
         candidates: vec![Candidate { item: f.item, name: f.movie.clone(), score: 1.0 }],
-        passages: f
-            .reviews
-            .iter()
-            .map(|t| Passage { item: f.item, text: t.clone(), score: 1.0, source: source("other review").render() })
-            .collect(),
+        passages: own.chain(f.similar.iter().cloned()).collect(),
         facts: f.facts.clone(),
         ..Turn::default()
     };

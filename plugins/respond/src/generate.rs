@@ -328,16 +328,7 @@ impl ecr_engine::Trainable for ResponseEval {
             self.ctx.resources().get(&ecr_neural::text::TextEncoderKey(self.ctx.resolve(&ft.reviews.model_dir)))?;
         let (db, _) = crate::stage::open_review_db(&ft.reviews, &res, &encoder, &self.ctx, cx.options.progress)?;
         let index = crate::knowledge::KnowledgeIndex::new(&res.catalogue, &res.kg, &res.linker);
-        let options = crate::finetune::SampleOptions {
-            relations: ft.reviews.relations.clone(),
-            max_entities: ft.max_entities,
-            other_sentences: ft.other_sentences,
-            inject: ft.inject,
-            valid_share: ft.valid_share,
-            target: ft.target,
-            seed: ft.train.seed,
-        };
-        let fields = crate::finetune::sample_fields(&db, &res.kg, &index, &|id| res.linker.movie_entity(id), &options);
+        let fields = crate::finetune::sample_fields(&db, &res, &index, ft);
         let file = self.config.adapter_file(&self.ctx);
         let dir = file.parent().map(PathBuf::from).unwrap_or_default();
         let m = crate::finetune::train_adapter(

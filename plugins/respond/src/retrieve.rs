@@ -252,61 +252,18 @@ impl Retriever {
         Ok(out)
     }
 
-    fn passage(&self, db: &ReviewDb, sentence: usize, item: u32, score: f32, similar_to: Option<&str>) -> Passage {
-        let s = &db.sentences()[sentence];
-        let film = db.movies()[s.movie as usize].title.clone();
-        let source = PassageSource {
-            film,
-            similar_to: similar_to.map(str::to_string),
-            review: db.review_source(s.review).to_string(),
-        };
-        Passage { item, text: s.text.clone(), score, source: source.render() }
-    }
-
     fn own_passages(&self, db: &ReviewDb, movie: usize, c: &Candidate, ctx: &[f32]) -> Vec<Passage> {
         db.exact(ctx, db.movie_sentences(movie), self.options.k)
             .into_iter()
-            .map(|(i, score)| self.passage(db, i, c.item, score, None))
+            .map(|(i, score)| sentence_passage(db, i, c.item, score, None))
             .collect()
     }
 
     fn similar_passages(&self, db: &ReviewDb, c: &Candidate, ctx: &[f32], desc: &[f32]) -> Vec<Passage> {
-        let o = &self.options;
-        if o.similar_k == 0 {
-            return Vec::new();
-        }
-        let query: Vec<f32> = ctx.iter().zip(desc).map(|(a, b)| a + b).collect();
-        let sentences = db.sentences();
-        let keep = |i: usize| {
-            let s = &sentences[i];
-            s.is_emotional() && self.movie_entity[s.movie as usize].is_some_and(|e| e != c.item)
-        };
-        let pool = (o.similar_k * o.per_movie.max(1) * 8).max(32);
-        let mut hits: Vec<(usize, f32)> = db
-            .search(&query, pool, o.ef.max(pool), &keep)
+        similar_sentences(db, &self.movie_entity, c.item, ctx, desc, &self.options)
             .into_iter()
-            .map(|(i, _)| {
-                let m = sentences[i].movie as usize;
-                (i, dot(ctx, db.vector(i)) + dot(desc, db.description_vector(m)))
-            })
-            .collect();
-        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut per: HashMap<u32, usize> = HashMap::new();
-        let mut out = Vec::new();
-        for (i, score) in hits {
-            let m = sentences[i].movie;
-            let n = per.entry(m).or_default();
-            if *n >= o.per_movie.max(1) {
-                continue;
-            }
-            *n += 1;
-            let Some(item) = self.movie_entity[m as usize] else { continue };
-            out.push(self.passage(db, i, item, score, Some(&c.name)));
-            if out.len() == o.similar_k {
-                break;
-            }
-        }
-        out
+            .map(|(i, film, score)| sentence_passage(db, i, film, score, Some(&c.name)))
+            .collect()
     }
 
     /// The entities the movie's reviews mention at least twice, most
@@ -327,6 +284,64 @@ impl Retriever {
             .take(self.options.entities)
             .collect()
     }
+}
+
+/// Sentence `sentence` of `db` as a passage about `item`; `similar_to` names the recommended
+/// movie it stands in for when it is about another film.
+pub fn sentence_passage(db: &ReviewDb, sentence: usize, item: u32, score: f32, similar_to: Option<&str>) -> Passage {
+    let s = &db.sentences()[sentence];
+    let film = db.movies()[s.movie as usize].title.clone();
+    let source = PassageSource {
+        film,
+        similar_to: similar_to.map(str::to_string),
+        review: db.review_source(s.review).to_string(),
+    };
+    Passage { item, text: s.text.clone(), score, source: source.render() }
+}
+
+/// Emotional sentences of other films' reviews that stand in for `item` (a movie without reviews
+/// of its own): found through the index with `ctx + desc` (the dialogue and the movie's
+/// description), re-ranked by the sentence's similarity to `ctx` plus that of the two films'
+/// descriptions, at most `per_movie` per film, `similar_k` in all, best first. `movie_entity`
+/// maps each database movie to its KG item (None: never used). Returns
+/// `(sentence, the film's item, score)`.
+pub fn similar_sentences(
+    db: &ReviewDb,
+    movie_entity: &[Option<u32>],
+    item: u32,
+    ctx: &[f32],
+    desc: &[f32],
+    o: &RetrieveOptions,
+) -> Vec<(usize, u32, f32)> {
+    if o.similar_k == 0 {
+        return Vec::new();
+    }
+    let query: Vec<f32> = ctx.iter().zip(desc).map(|(a, b)| a + b).collect();
+    let sentences = db.sentences();
+    let film = |i: usize| movie_entity.get(sentences[i].movie as usize).copied().flatten();
+    let keep = |i: usize| sentences[i].is_emotional() && film(i).is_some_and(|e| e != item);
+    let pool = (o.similar_k * o.per_movie.max(1) * 8).max(32);
+    let mut hits: Vec<(usize, f32)> = db
+        .search(&query, pool, o.ef.max(pool), &keep)
+        .into_iter()
+        .map(|(i, _)| (i, dot(ctx, db.vector(i)) + dot(desc, db.description_vector(sentences[i].movie as usize))))
+        .collect();
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut per: HashMap<u32, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, score) in hits {
+        let n = per.entry(sentences[i].movie).or_default();
+        if *n >= o.per_movie.max(1) {
+            continue;
+        }
+        *n += 1;
+        let Some(f) = film(i) else { continue };
+        out.push((i, f, score));
+        if out.len() == o.similar_k {
+            break;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -351,27 +351,19 @@ use = "prompt_builder"
     ecr_engine::Engine::from_recipe_with(&path, &registry()).unwrap()
 }
 
-fn sample_options(inject: f64) -> ecr_respond::finetune::SampleOptions {
-    ecr_respond::finetune::SampleOptions {
-        relations: RetrieveOptions::default().relations,
-        max_entities: 4,
-        other_sentences: 2,
-        inject,
-        valid_share: 0.34,
-        target: ecr_respond::finetune::TargetSentences::All,
-        seed: 42,
-    }
+fn sample_options(inject: f64) -> ecr_respond::finetune::FinetuneConfig {
+    ecr_respond::finetune::FinetuneConfig { inject, valid_share: 0.34, ..Default::default() }
 }
 
 fn samples(inject: f64) -> Vec<ecr_respond::finetune::SampleFields> {
     samples_of(&sample_options(inject))
 }
 
-fn samples_of(options: &ecr_respond::finetune::SampleOptions) -> Vec<ecr_respond::finetune::SampleFields> {
+fn samples_of(config: &ecr_respond::finetune::FinetuneConfig) -> Vec<ecr_respond::finetune::SampleFields> {
     let f = fixture();
     let db = retriever().db().unwrap();
     let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
-    ecr_respond::finetune::sample_fields(db, &f.res.kg, &idx, &|id| f.res.linker.movie_entity(id), options)
+    ecr_respond::finetune::sample_fields(db, &f.res, &idx, config)
 }
 
 /// `target = "emotional"`: a target is the feeling sentences of one review, in order, and its
@@ -381,8 +373,10 @@ fn emotional_targets_keep_a_reviews_feeling_sentences_and_their_facts_only() {
     use ecr_respond::finetune::TargetSentences;
     let db = retriever().db().unwrap();
     let all = samples(0.0);
-    let emotional =
-        samples_of(&ecr_respond::finetune::SampleOptions { target: TargetSentences::Emotional, ..sample_options(0.0) });
+    let emotional = samples_of(&ecr_respond::finetune::FinetuneConfig {
+        target: TargetSentences::Emotional,
+        ..sample_options(0.0)
+    });
     assert!(!emotional.is_empty() && emotional.len() <= all.len());
     let feeling: std::collections::HashMap<&str, bool> =
         db.sentences().iter().map(|s| (s.text.as_str(), s.is_emotional())).collect();
@@ -488,6 +482,69 @@ fn finetuning_samples_carry_the_prompt_fields_of_their_own_movie_only() {
         for other in titles.iter().filter(|t| **t != s.movie) {
             assert!(!prompt.contains(other), "another movie, {other}, in the prompt of {}", s.movie);
         }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `similar_share` and `knowledge = "retrieved"` make training prompts look like inference
+/// prompts for a movie without reviews: similar films' feeling sentences, marked as such, never
+/// the movie's own; the retriever's facts about the movie first, then the review's.
+#[test]
+fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
+    use ecr_respond::finetune::{FinetuneConfig, PromptKnowledge};
+    use ecr_respond::knowledge::movie_facts;
+    let f = fixture();
+    let db = retriever().db().unwrap();
+    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let plain = samples(0.0);
+    let config = FinetuneConfig { similar_share: 0.5, knowledge: PromptKnowledge::Retrieved, ..sample_options(0.0) };
+    let like = samples_of(&config);
+    assert_eq!(like.len(), plain.len());
+    let with_similar = like.iter().filter(|s| !s.similar.is_empty()).count();
+    let share = with_similar as f64 / like.len() as f64;
+    assert!((0.4..0.6).contains(&share), "share with similar films {share}");
+    let titles: std::collections::HashMap<&str, usize> =
+        db.movies().iter().enumerate().map(|(m, x)| (x.title.as_str(), m)).collect();
+    let feeling: std::collections::HashMap<&str, bool> =
+        db.sentences().iter().map(|s| (s.text.as_str(), s.is_emotional())).collect();
+    let mut more_facts = 0;
+    for (a, b) in plain.iter().zip(&like) {
+        // Same review, same target: only the prompt changes.
+        assert_eq!((a.item, &a.target, &a.entities), (b.item, &b.target, &b.entities));
+        if b.similar.is_empty() {
+            assert_eq!(a.reviews, b.reviews);
+        } else {
+            assert!(b.reviews.is_empty(), "own reviews and similar films in one prompt");
+            let (mut films, config_o) = (std::collections::HashMap::<u32, usize>::new(), config.reviews.options());
+            assert!(b.similar.len() <= config_o.similar_k);
+            for p in &b.similar {
+                let src = PassageSource::parse(&p.source).expect("a retriever source");
+                assert_eq!(src.similar_to.as_deref(), Some(b.movie.as_str()));
+                assert_ne!(src.film, b.movie, "a similar film is another film");
+                assert!(titles.contains_key(src.film.as_str()));
+                assert_ne!(p.item, b.item);
+                assert!(feeling[p.text.as_str()], "a similar film's sentence expresses a feeling: {}", p.text);
+                *films.entry(p.item).or_default() += 1;
+            }
+            assert!(films.values().all(|&n| n <= config_o.per_movie), "{films:?}");
+        }
+        // The retriever's facts about this movie first, then the review's not among them.
+        let r = movie_facts(&f.res.kg, &f.res.catalogue, &idx, b.item, &b.movie, &config.reviews.relations, 8);
+        assert_eq!(&b.facts[..r.len()], &r[..]);
+        assert!(a.facts.iter().all(|x| b.facts.iter().any(|y| y.relation == x.relation && y.tail == x.tail)));
+        assert!(b.facts.iter().all(|x| x.head == b.movie));
+        more_facts += usize::from(b.facts.len() > a.facts.len());
+    }
+    assert!(more_facts > plain.len() / 2, "most prompts gain the retriever's facts: {more_facts}");
+    // Rendered: similar films under their own line, attributed to their film.
+    let dir = tmp("finetune-render-similar");
+    let engine = ecr_prompt_engine(&dir);
+    for s in like.iter().filter(|s| !s.similar.is_empty()).take(3) {
+        let (prompt, _) = ecr_respond::finetune::render(&engine, s).unwrap();
+        let line = prompt.lines().find(|l| l.starts_with("What viewers felt about similar films: ")).expect(&prompt);
+        // The best one at least: over the budget, the prompt builder drops similar films' first.
+        assert!(line.contains(&s.similar[0].text), "{} missing: {prompt}", s.similar[0].text);
+        assert!(!prompt.lines().any(|l| l.starts_with("What viewers felt: ")), "{prompt}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
