@@ -299,11 +299,26 @@ impl Recommender {
     /// Scores `(B, items)` of a batch given the entity table `e` and the text
     /// table `(rows, text_dim)` (row 0 = padding), with the attention weights over slots `(B, 2L or L)`.
     pub fn forward(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor)> {
+        let (h, alpha, sel) = self.user(e, text, x)?;
+        let items = sel.narrow(0, 0, self.item_ids.len())?;
+        let scores = h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?;
+        Ok((scores, alpha))
+    }
+
+    /// Scores `(B, N)` of a batch over every KG entity (no item bias): ECR's pre-training
+    /// (§3.8) ranks all entities and movies a turn mentions.
+    pub fn forward_entities(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<Tensor> {
+        let (h, _, _) = self.user(e, text, x)?;
+        Ok(h.matmul(&e.t()?)?)
+    }
+
+    /// The user representation `(B, d)`, the attention over slots, and the rows of `e` the batch
+    /// selected (the items first).
+    fn user(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor, Tensor)> {
         let d = self.cfg.dim;
         let (b, l) = (x.b, x.l);
         let n_items = self.item_ids.len();
         let sel = e.index_select(&x.rows, 0)?;
-        let items = sel.narrow(0, 0, n_items)?;
         let ec = sel.narrow(0, n_items, b * l)?.reshape((b, l, d))?.broadcast_mul(&x.mask.unsqueeze(2)?)?;
         // Text: projected utterance embeddings plus a role vector; a pooled summary.
         let txt = match (&self.text_proj, &self.roles) {
@@ -378,8 +393,7 @@ impl Recommender {
             Some(s) => self.out.forward(&Tensor::cat(&[&pooled, s], 1)?)?,
             None => (self.out.forward(&pooled)? + &pooled)?,
         };
-        let scores = h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?;
-        Ok((scores, alpha))
+        Ok((h, alpha, sel))
     }
 
     /// Split a row of the attention weights into local and global slot weights.

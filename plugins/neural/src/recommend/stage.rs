@@ -51,6 +51,40 @@ pub struct RecommenderConfig {
     pub model: ModelConfig,
     /// Training hyper-parameters.
     pub train: FitConfig,
+    /// ECR's pre-training before the recommendation training (off by default).
+    pub pretrain: PretrainConfig,
+}
+
+/// `[stages.<id>.with.pretrain]`: ECR's "emotional semantic fusion" pre-training (§3.8), before
+/// the recommendation training and from the same initialisation: every entity and movie an
+/// utterance of a training dialogue mentions is a target ranked over the whole KG (unweighted),
+/// given what was said before it, so the entity table and the fusion learn from every mention,
+/// not only from the gold movies. Weight decay,
+/// warm-up and seed are `train`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    /// Passes over the pre-training examples (0: no pre-training).
+    pub epochs: usize,
+    /// Examples per step. A step costs about the same at any batch size (the R-GCN encodes the
+    /// whole KG each step), and there are several times more pre-training examples than
+    /// recommendation ones: a larger batch keeps the step count, and so the time, down.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig { epochs: 0, batch_size: 512, lr: 2e-3 }
+    }
+}
+
+impl PretrainConfig {
+    /// The fit settings: `train`'s, with this pass count, batch size and learning rate.
+    pub fn fit_config(&self, train: &FitConfig) -> FitConfig {
+        FitConfig { epochs: self.epochs, batch_size: self.batch_size, lr: self.lr, ..train.clone() }
+    }
 }
 
 impl Default for RecommenderConfig {
@@ -66,6 +100,7 @@ impl Default for RecommenderConfig {
             top_k: 10,
             model: ModelConfig::default(),
             train: FitConfig { epochs: 4, batch_size: 64, lr: 1e-3, weight_decay: 0.01, warmup: 0.05, seed: 42 },
+            pretrain: PretrainConfig::default(),
         }
     }
 }

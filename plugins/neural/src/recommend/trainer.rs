@@ -10,11 +10,14 @@
 //! tagger stage's on every split, the test split included: never the
 //! annotators' labels.
 
+use super::features::Features;
 use super::metrics::{Outcome, popularity_scores, repeat_scores, report};
 use super::model::Recommender;
 use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
-use super::stage::{RecommenderConfig, RecommenderParts, expected_meta, item_set};
-use super::train::{GoldTurn, RecObjective, SplitExamples, TextTable, evaluate, examples_from};
+use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
+use super::train::{
+    GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate, examples_from,
+};
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::fit::{Params, fit, param_count};
 use candle_nn::VarMap;
@@ -40,6 +43,9 @@ struct TrainedFrom {
     data: String,
     train: serde_json::Value,
     reweighted: bool,
+    /// The pre-training settings, when the recipe pre-trains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pretrain: Option<PretrainConfig>,
 }
 
 /// The three splits' examples.
@@ -47,6 +53,8 @@ struct Data {
     train: SplitExamples,
     valid: SplitExamples,
     test: SplitExamples,
+    /// The training split's pre-training examples, when the recipe pre-trains.
+    pretrain: Option<PretrainSplit>,
     reweighted: bool,
 }
 
@@ -65,6 +73,11 @@ impl RecTrainer {
     /// The recipe's checkpoint directory.
     fn dir(&self) -> PathBuf {
         self.config.checkpoint_dir(&self.ctx)
+    }
+
+    /// The pre-training settings, when the recipe pre-trains.
+    fn pretrain(&self) -> Option<PretrainConfig> {
+        (self.config.pretrain.epochs > 0).then_some(self.config.pretrain)
     }
 
     /// Where a run with `seed` lives: the recipe's checkpoint directory for its
@@ -96,41 +109,64 @@ impl RecTrainer {
         movie_entity: &HashMap<u32, u32>,
     ) -> Vec<GoldTurn> {
         let mut out = Vec::new();
-        for (conv, turns) in convs.iter().zip(replayed) {
-            let (utterances, _) = script(conv);
-            let mut seekers = 0usize;
-            for u in &utterances {
-                match u.role {
-                    Role::Seeker => seekers += 1,
-                    // ECR skips a recommender turn with no context before it.
-                    Role::Recommender if seekers == 0 => {}
-                    Role::Recommender => {
-                        let mut gold: Vec<(u32, ecr_engine::Feedback)> = Vec::new();
-                        for (movie, _) in at_mentions(&u.text, |m| movie_entity.contains_key(&m)) {
-                            let item = movie_entity[&movie];
-                            if !gold.iter().any(|g| g.0 == item) {
-                                gold.push((item, conv.seeker_feedback(movie)));
-                            }
-                        }
-                        if gold.is_empty() {
-                            continue;
-                        }
-                        let Some(turn) = turns.get(seekers - 1) else { continue };
-                        let mut turn = turn.clone();
-                        turn.feedback = gold
-                            .iter()
-                            .map(|&(item, feedback)| ItemFeedback { item, feedback, weight: None })
-                            .collect();
-                        out.push(GoldTurn { turn, gold });
-                    }
+        for_each_recommender_turn(convs, replayed, &mut |r| {
+            let mut gold: Vec<(u32, ecr_engine::Feedback)> = Vec::new();
+            for (movie, _) in at_mentions(&r.utterance.text, |m| movie_entity.contains_key(&m)) {
+                let item = movie_entity[&movie];
+                if !gold.iter().any(|g| g.0 == item) {
+                    gold.push((item, r.conv.seeker_feedback(movie)));
                 }
             }
-        }
+            if gold.is_empty() {
+                return;
+            }
+            let mut turn = r.before.clone();
+            turn.feedback =
+                gold.iter().map(|&(item, feedback)| ItemFeedback { item, feedback, weight: None }).collect();
+            out.push(GoldTurn { turn, gold });
+        });
         out
     }
 
-    /// Replay the upstream stages over train, valid and test, and build the examples.
-    fn data(&self, cx: &TrainContext<'_>, parts: &RecommenderParts) -> Result<Data, BoxError> {
+    /// The pre-training turns of `convs` (ECR §3.8): for every utterance with something said
+    /// before it, that context and every KG entity the utterance mentions, as the recipe's own
+    /// stages linked it. A recommender utterance's context is the replayed seeker turn before it
+    /// (its entities: the next replayed turn's history, and its `@id` movies); a seeker
+    /// utterance's is its replayed turn without it, the last utterance before it as the user's.
+    pub fn pretrain_turns(
+        convs: &[Conversation],
+        replayed: &[Vec<ecr_engine::Turn>],
+        movie_entity: &HashMap<u32, u32>,
+    ) -> Vec<(ecr_engine::Turn, Vec<u32>)> {
+        fn targets<'a>(entities: impl Iterator<Item = u32> + 'a) -> Vec<u32> {
+            let mut out: Vec<u32> = Vec::new();
+            for e in entities {
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+            out
+        }
+        let mut out = Vec::new();
+        for_each_recommender_turn(convs, replayed, &mut |r| {
+            let movies = at_mentions(&r.utterance.text, |m| movie_entity.contains_key(&m))
+                .into_iter()
+                .map(|(m, _)| movie_entity[&m]);
+            let linked = r.linked.into_iter().flat_map(|l| l.entities.iter().filter_map(|m| m.entity));
+            out.push((r.before.clone(), targets(movies.chain(linked))));
+        });
+        for turn in replayed.iter().flatten() {
+            let Some((last, earlier)) = turn.history.split_last() else { continue };
+            let context = ecr_engine::Turn { history: earlier.to_vec(), user: last.clone(), ..Default::default() };
+            out.push((context, targets(turn.user.entities.iter().filter_map(|m| m.entity))));
+        }
+        out.retain(|(_, t)| !t.is_empty());
+        out
+    }
+
+    /// Replay the upstream stages over train, valid and test, and build the examples (and the
+    /// pre-training ones when `pretraining` and the recipe pre-trains).
+    fn data(&self, cx: &TrainContext<'_>, parts: &RecommenderParts, pretraining: bool) -> Result<Data, BoxError> {
         let dir = self.ctx.data_dir()?;
         let splits = RedialSplits::load(&dir, self.ctx.data_sample())?;
         let catalogue = self.ctx.resources().get(&CatalogueKey(dir))?;
@@ -160,15 +196,23 @@ impl RecTrainer {
         let reweighted = gold[0].iter().any(|g| g.turn.feedback.iter().any(|f| f.weight.is_some()));
         let items: HashMap<u32, usize> = item_set(&parts.kg).into_iter().enumerate().map(|(i, e)| (e, i)).collect();
         let cfg = &self.config.model;
+        let pretrain = match (self.config.pretrain.epochs, pretraining) {
+            (0, _) | (_, false) => None,
+            _ => {
+                let mut p = Self::pretrain_turns(&splits.train, &replayed[..n_train], &movie_entity);
+                let mut turns: Vec<ecr_engine::Turn> = p.iter_mut().map(|x| std::mem::take(&mut x.0)).collect();
+                cx.run_rest(&mut turns)?;
+                for (x, t) in p.iter_mut().zip(turns) {
+                    x.0 = t;
+                }
+                Some(PretrainSplit::from_turns(&p, parts.branches, cfg, &parts.titles))
+            }
+        };
         let ex = |g: &[GoldTurn]| examples_from(g, &items, parts.branches, cfg, &parts.titles);
-        Ok(Data { train: ex(&gold[0]), valid: ex(&gold[1]), test: ex(&gold[2]), reweighted })
+        Ok(Data { train: ex(&gold[0]), valid: ex(&gold[1]), test: ex(&gold[2]), pretrain, reweighted })
     }
 
-    fn text_table(
-        parts: &mut RecommenderParts,
-        splits: &[&SplitExamples],
-        progress: bool,
-    ) -> Result<TextTable, BoxError> {
+    fn text_table(parts: &mut RecommenderParts, splits: &[&[Features]], progress: bool) -> Result<TextTable, BoxError> {
         let device = parts.device.clone();
         Ok(match &parts.encoder {
             Some(enc) => TextTable::build(enc, parts.cache.as_mut(), splits, &device, progress)?,
@@ -235,6 +279,41 @@ impl RecTrainer {
     }
 }
 
+/// A recommender utterance of a replayed conversation.
+struct RecommenderTurn<'a> {
+    conv: &'a Conversation,
+    /// The utterance, as the conversation's script has it.
+    utterance: &'a Utterance,
+    /// The replayed seeker turn before it.
+    before: &'a ecr_engine::Turn,
+    /// The utterance as the next replayed turn's history holds it (linked by the recipe's
+    /// stages), when there is a next turn.
+    linked: Option<&'a Utterance>,
+}
+
+/// Call `f` for every recommender utterance with a seeker turn before it (ECR skips the others).
+fn for_each_recommender_turn(
+    convs: &[Conversation],
+    replayed: &[Vec<ecr_engine::Turn>],
+    f: &mut dyn FnMut(RecommenderTurn<'_>),
+) {
+    for (conv, turns) in convs.iter().zip(replayed) {
+        let (utterances, _) = script(conv);
+        let mut seekers = 0usize;
+        for (i, u) in utterances.iter().enumerate() {
+            match u.role {
+                Role::Seeker => seekers += 1,
+                Role::Recommender if seekers == 0 => {}
+                Role::Recommender => {
+                    let Some(before) = turns.get(seekers - 1) else { continue };
+                    let linked = turns.get(seekers).and_then(|t| t.history.get(i)).filter(|h| h.text == u.text);
+                    f(RecommenderTurn { conv, utterance: u, before, linked });
+                }
+            }
+        }
+    }
+}
+
 /// A table of the headline metrics of `m` (and its baselines), both protocols.
 pub fn metrics_table(m: &serde_json::Value) -> String {
     let keys = super::metrics::HEADLINE;
@@ -279,7 +358,7 @@ impl Trainable for RecTrainer {
         if was.data != data {
             why.push("redial/train.jsonl or test.jsonl (or recipe.data_sample) changed".to_string());
         }
-        if was.train != serde_json::to_value(&self.config.train)? {
+        if was.train != serde_json::to_value(&self.config.train)? || was.pretrain != self.pretrain() {
             why.push("the training configuration changed".to_string());
         }
         Ok(if why.is_empty() {
@@ -303,13 +382,30 @@ impl Trainable for RecTrainer {
             fc.seed = seed;
         }
         let t0 = std::time::Instant::now();
-        let data = self.data(cx, &parts)?;
+        let data = self.data(cx, &parts, true)?;
         let data_s = t0.elapsed().as_secs_f64();
-        let text = Self::text_table(&mut parts, &[&data.train, &data.valid, &data.test], cx.options.progress)?;
+        let pre_turns: &[Features] = data.pretrain.as_ref().map_or(&[], |p| &p.turns);
+        let splits = [&data.train.turns[..], &data.valid.turns, &data.test.turns, pre_turns];
+        let text = Self::text_table(&mut parts, &splits, cx.options.progress)?;
         let text_s = t0.elapsed().as_secs_f64() - data_s;
         let vm = VarMap::new();
         let model = self.model(&parts, &vm, fc.seed)?;
         let params = param_count(&vm);
+        let pretrain_report = match &data.pretrain {
+            Some(p) => {
+                let mut objective = PretrainObjective {
+                    model: &model,
+                    train: p,
+                    valid: &data.valid,
+                    text: &text,
+                    device: parts.device.clone(),
+                    history: vec![],
+                };
+                let pc = self.config.pretrain.fit_config(&fc);
+                Some(fit(&vm, &mut objective, &pc, "recommender pre-training", cx.options.progress)?)
+            }
+            None => None,
+        };
         let mut objective = RecObjective {
             model: &model,
             train: &data.train,
@@ -320,19 +416,29 @@ impl Trainable for RecTrainer {
         };
         let fit_report = fit(&vm, &mut objective, &fc, "recommender", cx.options.progress)?;
         let mut meta = self.expected(&parts)?;
-        meta.info =
-            serde_json::json!({ "params": params, "branches": parts.branches, "fit": fit_report, "seed": fc.seed });
+        meta.info = serde_json::json!({
+            "params": params,
+            "branches": parts.branches,
+            "pretrain": pretrain_report,
+            "fit": fit_report,
+            "seed": fc.seed,
+        });
         let dir = self.dir_for(cx.options.seed);
         checkpoint::save(&dir, &vm, &meta)?;
         let mut metrics = Self::test_metrics(&model, &data, &text, &dir)?;
         metrics["seed"] = fc.seed.into();
         metrics["fit_seconds"] = fit_report.seconds.into();
+        if let Some(p) = &pretrain_report {
+            metrics["pretrain_seconds"] = p.seconds.into();
+            metrics["pretrain_examples"] = data.pretrain.as_ref().map_or(0, |p| p.examples.len()).into();
+        }
         std::fs::write(dir.join(METRICS_FILE), serde_json::to_string_pretty(&metrics)?)?;
         let record = TrainedFrom {
             upstream: cx.upstream_fingerprint.to_string(),
             data: RedialSplits::fingerprint(&self.ctx.data_dir()?, self.ctx.data_sample())?,
             train: serde_json::to_value(&self.config.train)?,
             reweighted: data.reweighted,
+            pretrain: self.pretrain(),
         };
         std::fs::write(dir.join(TRAINED_FROM_FILE), serde_json::to_string_pretty(&record)?)?;
         let b = parts.branches;
@@ -363,8 +469,8 @@ impl Trainable for RecTrainer {
 
     fn evaluate(&self, cx: &TrainContext<'_>) -> Result<EvalReport, BoxError> {
         let mut parts = RecommenderParts::of(self.config.clone(), &self.ctx)?;
-        let data = self.data(cx, &parts)?;
-        let text = Self::text_table(&mut parts, &[&data.test], cx.options.progress)?;
+        let data = self.data(cx, &parts, false)?;
+        let text = Self::text_table(&mut parts, &[&data.test.turns], cx.options.progress)?;
         let vm = VarMap::new();
         let model = self.model(&parts, &vm, 0)?;
         let dir = self.dir_for(cx.options.seed);
