@@ -95,11 +95,22 @@ pub struct LocalEmotionConfig {
     pub max_labels: usize,
     /// Write `feedback` for the movies of the dialogue (see [`feedback_of`]).
     pub feedback: bool,
+    /// Labels left out of the entities' emotions (before the last `max_labels` are kept), e.g.
+    /// `["neutral"]`, the label most entities carry; `feedback` still reads every label. Empty
+    /// (ECR) is left out of the settings' serialisation, so trained stages downstream keep their
+    /// fingerprint.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignore: Vec<Emotion>,
 }
 
 impl Default for LocalEmotionConfig {
     fn default() -> Self {
-        LocalEmotionConfig { threshold: crate::instances::EMOTION_THRESHOLD as f64, max_labels: 3, feedback: true }
+        LocalEmotionConfig {
+            threshold: crate::instances::EMOTION_THRESHOLD as f64,
+            max_labels: 3,
+            feedback: true,
+            ignore: Vec::new(),
+        }
     }
 }
 
@@ -127,10 +138,14 @@ impl LocalEmotionStage {
         let k = self.config.max_labels;
         turn.local_emotions = occ
             .iter()
-            .map(|c| EntityEmotion {
-                entity: c.entity,
-                name: c.name.clone(),
-                emotions: c.emotions[c.emotions.len().saturating_sub(k)..].to_vec(),
+            .map(|c| {
+                let kept: Vec<(Emotion, f32)> =
+                    c.emotions.iter().copied().filter(|(e, _)| !self.config.ignore.contains(e)).collect();
+                EntityEmotion {
+                    entity: c.entity,
+                    name: c.name.clone(),
+                    emotions: kept[kept.len().saturating_sub(k)..].to_vec(),
+                }
             })
             .collect();
         if self.config.feedback {
@@ -240,6 +255,26 @@ mod tests {
         // The Matrix, mentioned in turn 0 with "like", is liked; Reloaded disliked.
         let fb: Vec<(u32, Feedback)> = turn.feedback.iter().map(|f| (f.item, f.feedback)).collect();
         assert_eq!(fb, vec![(1, Feedback::Disliked), (0, Feedback::Liked)]);
+    }
+
+    #[test]
+    fn ignored_labels_leave_the_entities_emotions_but_not_the_feedback() {
+        let (cat, kg) = world();
+        let l = Linker::new(&cat, &kg, &LinkerOptions::default());
+        let d = segment(&conversation(), "train", "train", &l, &emotions(), EMOTION_THRESHOLD);
+        let all = LocalEmotionStage::new(LocalEmotionConfig::default());
+        let no_negative = LocalEmotionStage::new(LocalEmotionConfig { ignore: vec![Negative], ..Default::default() });
+        let (mut a, mut b) = (d.turn_before(3), d.turn_before(3));
+        all.apply(&mut a);
+        no_negative.apply(&mut b);
+        assert_eq!(a.local_emotions.len(), b.local_emotions.len());
+        for (x, y) in a.local_emotions.iter().zip(&b.local_emotions) {
+            let want: Vec<(Emotion, f32)> = x.emotions.iter().copied().filter(|e| e.0 != Negative).collect();
+            assert_eq!((x.entity, want), (y.entity, y.emotions.clone()));
+        }
+        assert!(a.local_emotions.iter().any(|x| x.emotions.iter().any(|e| e.0 == Negative)));
+        assert_eq!(a.feedback, b.feedback, "feedback reads every label");
+        assert!(serde_json::from_str::<LocalEmotionConfig>(r#"{"ignore": ["sadness"]}"#).is_err());
     }
 
     #[test]
