@@ -139,13 +139,10 @@ impl LocalEmotionStage {
         turn.local_emotions = occ
             .iter()
             .map(|c| {
-                let kept: Vec<(Emotion, f32)> =
+                let mut kept: Vec<(Emotion, f32)> =
                     c.emotions.iter().copied().filter(|(e, _)| !self.config.ignore.contains(e)).collect();
-                EntityEmotion {
-                    entity: c.entity,
-                    name: c.name.clone(),
-                    emotions: kept[kept.len().saturating_sub(k)..].to_vec(),
-                }
+                kept.drain(..kept.len().saturating_sub(k));
+                EntityEmotion { entity: c.entity, name: c.name.clone(), emotions: kept }
             })
             .collect();
         if self.config.feedback {

@@ -17,7 +17,7 @@
 //! (`knowledge = "retrieved"`).
 
 use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, movie_facts};
-use crate::retrieve::{PassageSource, sentence_passage, similar_sentences};
+use crate::retrieve::{PassageSource, movie_entities, sentence_passage, similar_sentences};
 use crate::reviewdb::ReviewDb;
 use crate::stage::{REVIEW_ENTITIES, RetrieverConfig};
 use candle_core::{Device, Tensor};
@@ -175,9 +175,9 @@ pub fn sample_fields(
     let mut rng = SplitMix::new(o.train.seed);
     // A stream of its own, so that the similar-film draw leaves the injection draws as they were.
     let mut pick = SplitMix::new(o.train.seed ^ 0x5111_1a12);
-    let movie_entity: Vec<Option<u32>> =
-        db.movies().iter().map(|m| m.redial_ids.iter().find_map(|&id| res.linker.movie_entity(id))).collect();
+    let movie_entity = movie_entities(db, &res.linker);
     let no_dialogue = vec![0.0; db.dim()];
+    let same = |a: &Fact, b: &Fact| a.relation == b.relation && a.tail.eq_ignore_ascii_case(&b.tail);
     let mut out = Vec::new();
     for (m, movie) in db.movies().iter().enumerate() {
         let Some(item) = movie_entity[m] else { continue };
@@ -195,8 +195,9 @@ pub fn sample_fields(
                 movie_facts(kg, &res.catalogue, index, item, &movie.title, &retrieve.relations, retrieve.max_facts)
             }
         };
-        let range = db.movie_sentences(m);
-        let sentences = &db.sentences()[range.clone()];
+        let sentences = &db.sentences()[db.movie_sentences(m)];
+        // The similar films' sentences depend on the movie only: searched once, when first drawn.
+        let mut similar_of_movie: Option<Vec<Passage>> = None;
         let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
         reviews.dedup();
         for &r in &reviews {
@@ -223,15 +224,17 @@ pub fn sample_fields(
             }
             let mut target: Vec<String> = own.iter().map(|s| s.text.clone()).collect();
             inject_facts(&mut target, &facts, o.inject, &mut rng);
-            let same = |a: &Fact, b: &Fact| a.relation == b.relation && a.tail.eq_ignore_ascii_case(&b.tail);
             let mut prompt_facts = retrieved.clone();
             prompt_facts.extend(facts.into_iter().filter(|f| !retrieved.iter().any(|g| same(f, g))));
             let (others, similar) = if (pick.next_f32() as f64) < o.similar_share {
-                let desc = db.description_vector(m);
-                let found = similar_sentences(db, &movie_entity, item, &no_dialogue, desc, &retrieve);
-                let similar =
-                    found.into_iter().map(|(i, film, score)| sentence_passage(db, i, film, score, Some(&movie.title)));
-                (Vec::new(), similar.collect())
+                let similar = similar_of_movie.get_or_insert_with(|| {
+                    let desc = db.description_vector(m);
+                    similar_sentences(db, &movie_entity, item, &no_dialogue, desc, &retrieve)
+                        .into_iter()
+                        .map(|(i, film, score)| sentence_passage(db, i, film, score, Some(&movie.title)))
+                        .collect()
+                });
+                (Vec::new(), similar.clone())
             } else {
                 let others = sentences
                     .iter()

@@ -181,6 +181,9 @@ impl StageFactory for GeneratorFactory {
             if !(0.0..=1.0).contains(&f.inject) {
                 issues.push(ConfigIssue::new("finetune.inject", "a probability: expected 0 to 1"));
             }
+            if !(0.0..=1.0).contains(&f.similar_share) {
+                issues.push(ConfigIssue::new("finetune.similar_share", "a share of the samples: expected 0 to 1"));
+            }
             if !(f.valid_share > 0.0 && f.valid_share < 1.0) {
                 issues.push(ConfigIssue::new("finetune.valid_share", "expected more than 0 and less than 1"));
             }

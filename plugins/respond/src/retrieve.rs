@@ -170,8 +170,7 @@ impl Retriever {
             )));
         }
         let index = KnowledgeIndex::new(world.catalogue, world.kg, world.linker);
-        let movie_entity =
-            db.movies().iter().map(|m| m.redial_ids.iter().find_map(|&r| world.linker.movie_entity(r))).collect();
+        let movie_entity = movie_entities(&db, world.linker);
         Ok(Retriever { db: Some(db), index, movie_entity, options })
     }
 
@@ -284,6 +283,11 @@ impl Retriever {
             .take(self.options.entities)
             .collect()
     }
+}
+
+/// The KG entity of each movie of `db` (None: not in the KG).
+pub fn movie_entities(db: &ReviewDb, linker: &Linker) -> Vec<Option<u32>> {
+    db.movies().iter().map(|m| m.redial_ids.iter().find_map(|&r| linker.movie_entity(r))).collect()
 }
 
 /// Sentence `sentence` of `db` as a passage about `item`; `similar_to` names the recommended

@@ -59,8 +59,7 @@ pub struct RecommenderConfig {
 /// the recommendation training and from the same initialisation: every entity and movie an
 /// utterance of a training dialogue mentions is a target ranked over the whole KG (unweighted),
 /// given what was said before it, so the entity table and the fusion learn from every mention,
-/// not only from the gold movies. Weight decay,
-/// warm-up and seed are `train`'s.
+/// not only from the gold movies. Weight decay, warm-up and seed are `train`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretrainConfig {
@@ -317,6 +316,11 @@ impl StageFactory for RecommenderFactory {
         }
         if let Err(e) = c.train.validate("train.") {
             issues.push(ConfigIssue::new("train", e.to_string()));
+        }
+        if c.pretrain.epochs > 0
+            && let Err(e) = c.pretrain.fit_config(&c.train).validate("pretrain.")
+        {
+            issues.push(ConfigIssue::new("pretrain", e.to_string()));
         }
         issues
     }

@@ -245,7 +245,7 @@ impl PretrainSplit {
     /// The split of `turns` (after the upstream stages ran on them), each with its targets.
     pub fn from_turns(turns: &[(Turn, Vec<u32>)], branches: Branches, cfg: &ModelConfig, titles: &MovieTitles) -> Self {
         let mut out = PretrainSplit::default();
-        for (turn, targets) in turns.iter().filter(|(_, t)| !t.is_empty()) {
+        for (turn, targets) in turns {
             let k = out.turns.len();
             out.turns.push(features_of(
                 turn,

@@ -138,7 +138,7 @@ impl RecTrainer {
         replayed: &[Vec<ecr_engine::Turn>],
         movie_entity: &HashMap<u32, u32>,
     ) -> Vec<(ecr_engine::Turn, Vec<u32>)> {
-        fn targets<'a>(entities: impl Iterator<Item = u32> + 'a) -> Vec<u32> {
+        fn targets(entities: impl Iterator<Item = u32>) -> Vec<u32> {
             let mut out: Vec<u32> = Vec::new();
             for e in entities {
                 if !out.contains(&e) {
@@ -187,26 +187,17 @@ impl RecTrainer {
         let mut gold =
             [parts_of(&splits.train, 0), parts_of(&splits.valid, n_train), parts_of(&splits.test, n_train + n_valid)];
         for g in &mut gold {
-            let mut turns: Vec<ecr_engine::Turn> = g.iter_mut().map(|x| std::mem::take(&mut x.turn)).collect();
-            cx.run_rest(&mut turns)?;
-            for (x, t) in g.iter_mut().zip(turns) {
-                x.turn = t;
-            }
+            run_rest_on(cx, g, |x| &mut x.turn)?;
         }
         let reweighted = gold[0].iter().any(|g| g.turn.feedback.iter().any(|f| f.weight.is_some()));
         let items: HashMap<u32, usize> = item_set(&parts.kg).into_iter().enumerate().map(|(i, e)| (e, i)).collect();
         let cfg = &self.config.model;
-        let pretrain = match (self.config.pretrain.epochs, pretraining) {
-            (0, _) | (_, false) => None,
-            _ => {
-                let mut p = Self::pretrain_turns(&splits.train, &replayed[..n_train], &movie_entity);
-                let mut turns: Vec<ecr_engine::Turn> = p.iter_mut().map(|x| std::mem::take(&mut x.0)).collect();
-                cx.run_rest(&mut turns)?;
-                for (x, t) in p.iter_mut().zip(turns) {
-                    x.0 = t;
-                }
-                Some(PretrainSplit::from_turns(&p, parts.branches, cfg, &parts.titles))
-            }
+        let pretrain = if pretraining && self.pretrain().is_some() {
+            let mut p = Self::pretrain_turns(&splits.train, &replayed[..n_train], &movie_entity);
+            run_rest_on(cx, &mut p, |x| &mut x.0)?;
+            Some(PretrainSplit::from_turns(&p, parts.branches, cfg, &parts.titles))
+        } else {
+            None
         };
         let ex = |g: &[GoldTurn]| examples_from(g, &items, parts.branches, cfg, &parts.titles);
         Ok(Data { train: ex(&gold[0]), valid: ex(&gold[1]), test: ex(&gold[2]), pretrain, reweighted })
@@ -277,6 +268,21 @@ impl RecTrainer {
         });
         Ok(v)
     }
+}
+
+/// Run the upstream stages after the dialogue-shaping ones on the turn of each of `xs`, in one
+/// batch, in place.
+fn run_rest_on<T>(
+    cx: &TrainContext<'_>,
+    xs: &mut [T],
+    turn: impl Fn(&mut T) -> &mut ecr_engine::Turn,
+) -> Result<(), BoxError> {
+    let mut turns: Vec<ecr_engine::Turn> = xs.iter_mut().map(|x| std::mem::take(turn(x))).collect();
+    cx.run_rest(&mut turns)?;
+    for (x, t) in xs.iter_mut().zip(turns) {
+        *turn(x) = t;
+    }
+    Ok(())
 }
 
 /// A recommender utterance of a replayed conversation.
