@@ -42,6 +42,21 @@ fn recipe_check_prints_every_error_with_its_location_and_fails() {
 }
 
 #[test]
+fn recipe_check_names_out_of_range_generator_settings() {
+    let out = ecr(&["recipe", "check", "tests/fixtures/bad-generator.toml"], None);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("tests/fixtures/bad-generator.toml:7:22: stages.generate.with.generate.sampling.repetition_penalty: 0: must be a positive number"),
+        "{t}"
+    );
+    assert!(
+        t.contains("tests/fixtures/bad-generator.toml:10:17: stages.generate.with.finetune.similar_share: a share of the samples"),
+        "{t}"
+    );
+}
+
+#[test]
 fn every_shipped_recipe_is_valid_and_shows_its_data_flow() {
     let mut recipes: Vec<String> = std::fs::read_dir(root().join("recipes"))
         .unwrap()

@@ -1,5 +1,5 @@
 //! Choosing the next token from the logits: greedy, or temperature + top-p with a seeded RNG, after
-//! banning tokens that would repeat an n-gram.
+//! banning tokens that would repeat an n-gram and penalising tokens already written.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,11 +19,27 @@ pub struct SamplingParams {
     /// Whether the prompt's n-grams count as already seen (Hugging Face's rule for decoder-only
     /// models). Off by default: a prompt full of facts would otherwise forbid quoting a title.
     pub ngram_includes_prompt: bool,
+    /// Hugging Face's (CTRL's) repetition penalty: the logit of a token already in the history
+    /// (the same history as the n-gram rule's) is divided by this when positive and multiplied by
+    /// it when negative (1 = off; above 1 discourages repeating a word, e.g. "great ... great").
+    #[serde(skip_serializing_if = "is_one")]
+    pub repetition_penalty: f32,
+}
+
+fn is_one(x: &f32) -> bool {
+    *x == 1.0
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, seed: 42, no_repeat_ngram: 0, ngram_includes_prompt: false }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 42,
+            no_repeat_ngram: 0,
+            ngram_includes_prompt: false,
+            repetition_penalty: 1.0,
+        }
     }
 }
 
@@ -81,6 +97,7 @@ impl Sampler {
     /// Choose the next token. `history` is the sequence the n-gram rule looks at (the generated
     /// tokens, preceded by the prompt when `ngram_includes_prompt`). Banned tokens get `-inf`.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        penalise_repeats(logits, history, self.params.repetition_penalty);
         for t in banned_tokens(history, self.params.no_repeat_ngram) {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = f32::NEG_INFINITY;
@@ -143,6 +160,19 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Applies the repetition penalty `p` once to each distinct token of `history` (1 = nothing).
+pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32) {
+    if p == 1.0 {
+        return;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for &t in history {
+        if let (true, Some(l)) = (seen.insert(t), logits.get_mut(t as usize)) {
+            *l = if *l > 0.0 { *l / p } else { *l * p };
+        }
+    }
+}
+
 /// Tokens that would complete an n-gram already present in `history`: for n-gram size `n`, the
 /// last `n - 1` tokens are a prefix; every earlier occurrence of that prefix bans what followed it.
 pub fn banned_tokens(history: &[u32], n: usize) -> Vec<u32> {
@@ -174,6 +204,20 @@ mod tests {
         assert_eq!(banned_tokens(&[5, 6], 3), Vec::<u32>::new());
         // Unigram rule: every token seen is banned.
         assert_eq!(banned_tokens(&[3, 4], 1), vec![3, 4]);
+    }
+
+    #[test]
+    fn the_repetition_penalty_lowers_each_seen_token_once_whatever_its_sign() {
+        let mut logits = vec![4.0, -1.0, 3.0, 2.0];
+        penalise_repeats(&mut logits, &[0, 1, 0, 0], 2.0);
+        assert_eq!(logits, vec![2.0, -2.0, 3.0, 2.0]);
+        // Greedy: token 0 led, once written it falls behind token 2.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
+        assert_eq!(s.sample(&mut vec![4.0, -1.0, 3.0], &[]), 0);
+        assert_eq!(s.sample(&mut vec![4.0, -1.0, 3.0], &[0]), 2);
+        let mut off = vec![4.0, -1.0];
+        penalise_repeats(&mut off, &[0, 1], 1.0);
+        assert_eq!(off, vec![4.0, -1.0]);
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //! (`similar_share` of the samples show them too, chosen as the retriever chooses them), and the
 //! retriever's knowledge is the movie's plot, genres and people, not only the review's triples
 //! (`knowledge = "retrieved"`).
+//!
+//! `drop_unsupported` leaves out of the targets the sentences whose claims (people, companies,
+//! other movies) the evaluation's [`FactChecker`] would count as unsupported.
 
 use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, movie_facts};
+use crate::metrics::{FactChecker, RecommendedMovie};
 use crate::retrieve::{PassageSource, movie_entities, sentence_passage, similar_sentences};
 use crate::reviewdb::ReviewDb;
 use crate::stage::{REVIEW_ENTITIES, RetrieverConfig};
@@ -74,6 +78,11 @@ pub struct FinetuneConfig {
     /// The knowledge in a sample's prompt.
     #[serde(skip_serializing_if = "PromptKnowledge::is_review")]
     pub knowledge: PromptKnowledge,
+    /// Leave out of the targets the sentences that name a person, company or movie the KG and
+    /// movie_info do not tie to the review's movie (the claims the evaluation's factual
+    /// consistency counts as unsupported), so that the adapter does not learn to name-drop.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drop_unsupported: bool,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -136,6 +145,7 @@ impl Default for FinetuneConfig {
             target: TargetSentences::All,
             similar_share: 0.0,
             knowledge: PromptKnowledge::Review,
+            drop_unsupported: false,
         }
     }
 }
@@ -178,6 +188,7 @@ pub fn sample_fields(
     let movie_entity = movie_entities(db, &res.linker);
     let no_dialogue = vec![0.0; db.dim()];
     let same = |a: &Fact, b: &Fact| a.relation == b.relation && a.tail.eq_ignore_ascii_case(&b.tail);
+    let checker = FactChecker::new(kg, &res.catalogue, &res.linker, index);
     let mut out = Vec::new();
     for (m, movie) in db.movies().iter().enumerate() {
         let Some(item) = movie_entity[m] else { continue };
@@ -200,8 +211,13 @@ pub fn sample_fields(
         let mut similar_of_movie: Option<Vec<Passage>> = None;
         let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
         reviews.dedup();
+        let rec = RecommendedMovie { item, name: movie.title.clone() };
+        let supported = |s: &&crate::reviewdb::Sentence| {
+            !o.drop_unsupported || checker.claims(&s.text, &rec, &[]).iter().all(|c| c.supported)
+        };
         for &r in &reviews {
-            let own: Vec<_> = sentences.iter().filter(|s| s.review == r && o.target.keeps(s)).collect();
+            let own: Vec<_> =
+                sentences.iter().filter(|s| s.review == r && o.target.keeps(s)).filter(supported).collect();
             if own.is_empty() {
                 continue;
             }

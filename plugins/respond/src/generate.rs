@@ -171,6 +171,13 @@ impl StageFactory for GeneratorFactory {
                 ),
             ));
         }
+        let penalty = config.generate.sampling.repetition_penalty;
+        if !(penalty.is_finite() && penalty > 0.0) {
+            issues.push(ConfigIssue::new(
+                "generate.sampling.repetition_penalty",
+                format!("{penalty}: must be a positive number (1 = off, above 1 discourages repeats)"),
+            ));
+        }
         if let Some(f) = config.finetune() {
             if let Err((k, m)) = f.lora.validate("finetune.lora.") {
                 issues.push(ConfigIssue::new(k, m));

@@ -549,6 +549,41 @@ fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `drop_unsupported`: no target sentence names a person, company or movie that the KG and
+/// movie_info do not tie to the review's movie, and those sentences are the only ones left out.
+#[test]
+fn targets_without_unsupported_claims_leave_out_exactly_the_sentences_that_make_them() {
+    use ecr_respond::finetune::{FinetuneConfig, TargetSentences};
+    use ecr_respond::metrics::RecommendedMovie;
+    let f = fixture();
+    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let fc = ecr_respond::FactChecker::new(&f.res.kg, &f.res.catalogue, &f.res.linker, &idx);
+    let unsupported = |item: u32, movie: &str, text: &str| {
+        let rec = RecommendedMovie { item, name: movie.to_string() };
+        fc.claims(text, &rec, &[]).iter().any(|c| !c.supported)
+    };
+    let config = FinetuneConfig { target: TargetSentences::Emotional, ..sample_options(0.0) };
+    let all = samples_of(&config);
+    let kept = samples_of(&FinetuneConfig { drop_unsupported: true, ..config.clone() });
+    assert!(!kept.is_empty() && kept.len() <= all.len());
+    for s in &kept {
+        assert!(s.target.iter().all(|t| !unsupported(s.item, &s.movie, t)), "{} {:?}", s.movie, s.target);
+    }
+    let mut dropped = 0;
+    for s in &all {
+        for t in &s.target {
+            let still = kept.iter().any(|k| k.item == s.item && k.target.contains(t));
+            if unsupported(s.item, &s.movie, t) {
+                assert!(!still, "{t:?} names an unsupported entity and was kept");
+                dropped += 1;
+            } else {
+                assert!(still, "{t:?} makes no unsupported claim and was left out");
+            }
+        }
+    }
+    assert!(dropped > 0, "the fixture's reviews name people or films their movie's KG does not support");
+}
+
 #[test]
 fn a_short_finetuning_run_lowers_the_held_out_loss_and_the_adapter_loads() {
     use ecr_respond::finetune::{ADAPTER_FILE, FinetuneConfig, train_adapter};
