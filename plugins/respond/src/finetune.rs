@@ -19,7 +19,7 @@
 //! `drop_unsupported` leaves out of the targets the sentences whose claims (people, companies,
 //! other movies) the evaluation's [`FactChecker`] would count as unsupported.
 
-use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, movie_facts};
+use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, info_relations, movie_facts};
 use crate::metrics::{FactChecker, RecommendedMovie};
 use crate::retrieve::{PassageSource, movie_entities, sentence_passage, similar_sentences};
 use crate::reviewdb::ReviewDb;
@@ -97,7 +97,8 @@ pub enum PromptKnowledge {
     #[default]
     Review,
     /// What the retriever gives at inference (plot, genres, people by relation, at most the
-    /// reviews config's `max_facts`), then the review's triples not among them.
+    /// reviews config's `max_facts`), then the review's triples not among them. KG-fact injection
+    /// draws from all of them but the plot, as ECR's draws from the facts its prompt shows.
     Retrieved,
 }
 
@@ -239,9 +240,13 @@ pub fn sample_fields(
                 }
             }
             let mut target: Vec<String> = own.iter().map(|s| s.text.clone()).collect();
-            inject_facts(&mut target, &facts, o.inject, &mut rng);
             let mut prompt_facts = retrieved.clone();
             prompt_facts.extend(facts.into_iter().filter(|f| !retrieved.iter().any(|g| same(f, g))));
+            // ECR injects the facts its prompt shows; with the retriever's knowledge that is them
+            // too (not the plot: a synopsis is not a sentence of a review).
+            let injectable: Vec<Fact> =
+                prompt_facts.iter().filter(|f| f.relation != info_relations::PLOT).cloned().collect();
+            inject_facts(&mut target, &injectable, o.inject, &mut rng);
             let (others, similar) = if (pick.next_f32() as f64) < o.similar_share {
                 let similar = similar_of_movie.get_or_insert_with(|| {
                     let desc = db.description_vector(m);

@@ -536,6 +536,18 @@ fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
         more_facts += usize::from(b.facts.len() > a.facts.len());
     }
     assert!(more_facts > plain.len() / 2, "most prompts gain the retriever's facts: {more_facts}");
+    // Injection draws from the prompt's facts, the retriever's too, never the plot: with p = 1 every
+    // such fact is a sentence of the target, and the targets of `plain` are unchanged.
+    let all_in = samples_of(&FinetuneConfig { inject: 1.0, ..config.clone() });
+    for (b, c) in like.iter().zip(&all_in) {
+        let injected: Vec<&String> = c.target.iter().filter(|t| !b.target.contains(t)).collect();
+        for x in b.facts.iter() {
+            let sentence = ecr_respond::knowledge::fact_sentence(x);
+            let plot = sentence.starts_with("Plot of ");
+            assert_eq!(c.target.contains(&sentence), !plot || b.target.contains(&sentence), "{sentence}");
+        }
+        assert!(injected.len() <= b.facts.len(), "{injected:?}");
+    }
     // Rendered: similar films under their own line, attributed to their film.
     let dir = tmp("finetune-render-similar");
     let engine = ecr_prompt_engine(&dir);
