@@ -378,6 +378,14 @@ impl<'a> Params<'a> {
         self.insert(name, t)
     }
 
+    /// A linear layer `in → out` whose weight and bias start at zero: a residual branch ending in
+    /// it adds nothing until training gives it a use.
+    pub fn zero_linear(&mut self, name: &str, d_in: usize, d_out: usize) -> Result<Linear> {
+        let w = self.constant(&format!("{name}.weight"), &[d_in, d_out], 0.0)?;
+        let b = Some(self.constant(&format!("{name}.bias"), &[d_out], 0.0)?);
+        Ok(Linear { w, b })
+    }
+
     /// A linear layer `in → out` (weight `(in, out)` Glorot, bias zero), created as `<name>.weight`/`<name>.bias`.
     pub fn linear(&mut self, name: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
         let w = self.glorot(&format!("{name}.weight"), d_in, d_out)?;

@@ -69,10 +69,39 @@ pub struct ModelConfig {
     pub max_entities: usize,
     /// Context utterances kept (the last ones).
     pub max_utterances: usize,
+    /// How the emotion fusion MLPs' output layers start. Left out of the serialisation at its
+    /// default, so that checkpoints trained before the key existed keep their fingerprint.
+    #[serde(skip_serializing_if = "FusionInit::is_random")]
+    pub fusion_init: FusionInit,
+}
+
+/// The start of the fusion MLPs that add the emotions to an entity (`v + MLP([v, u])`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionInit {
+    /// Glorot-uniform like every other layer: the emotions perturb each entity from the start.
+    #[default]
+    Random,
+    /// The output layer at zero: the model starts as the one without emotions and adds them only
+    /// as far as training finds them useful (ReZero's idea).
+    Zero,
+}
+
+impl FusionInit {
+    fn is_random(&self) -> bool {
+        *self == FusionInit::Random
+    }
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 128, emotion_dim: 16, bases: 8, max_entities: 32, max_utterances: 8 }
+        ModelConfig {
+            dim: 128,
+            emotion_dim: 16,
+            bases: 8,
+            max_entities: 32,
+            max_utterances: 8,
+            fusion_init: FusionInit::Random,
+        }
     }
 }

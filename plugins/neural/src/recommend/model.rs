@@ -8,7 +8,7 @@
 
 use super::features::{Features, PAD_EMOTION};
 use super::sparse::{Segments, SparseMatrix};
-use super::{Branches, ModelConfig};
+use super::{Branches, FusionInit, ModelConfig};
 use crate::error::Result;
 use crate::fit::{Linear, Params};
 use candle_core::{D, DType, Device, Tensor};
@@ -137,8 +137,14 @@ pub struct Recommender {
     item_bias: Tensor,
 }
 
-fn mlp(p: &mut Params, name: &str, d_in: usize, d: usize) -> Result<(Linear, Linear)> {
-    Ok((p.linear(&format!("{name}.0"), d_in, d, true)?, p.linear(&format!("{name}.1"), d, d, true)?))
+/// The fusion MLP `d_in → d → d`; its output layer starts as `init` says.
+fn mlp(p: &mut Params, name: &str, d_in: usize, d: usize, init: FusionInit) -> Result<(Linear, Linear)> {
+    let hidden = p.linear(&format!("{name}.0"), d_in, d, true)?;
+    let out = match init {
+        FusionInit::Random => p.linear(&format!("{name}.1"), d, d, true)?,
+        FusionInit::Zero => p.zero_linear(&format!("{name}.1"), d, d)?,
+    };
+    Ok((hidden, out))
 }
 
 fn run_mlp(m: &(Linear, Linear), x: &Tensor) -> Result<Tensor> {
@@ -182,11 +188,14 @@ impl Recommender {
             (None, None, None, None, None)
         };
         let (emo_table, fuse) = if branches.emotions {
-            (Some(p.uniform("emotion.table", &[PAD_EMOTION + 1, dm], 0.5)?), Some(mlp(p, "fuse.local", d + dm, d)?))
+            (
+                Some(p.uniform("emotion.table", &[PAD_EMOTION + 1, dm], 0.5)?),
+                Some(mlp(p, "fuse.local", d + dm, d, cfg.fusion_init)?),
+            )
         } else {
             (None, None)
         };
-        let gfuse = if branches.global { Some(mlp(p, "fuse.global", d + dm, d)?) } else { None };
+        let gfuse = if branches.global { Some(mlp(p, "fuse.global", d + dm, d, cfg.fusion_init)?) } else { None };
         let query0 = p.uniform("user.query", &[d], 0.1)?;
         let out = p.linear("user.out", if branches.text { 2 * d } else { d }, d, true)?;
         let item_bias = p.constant("items.bias", &[items.len()], 0.0)?;

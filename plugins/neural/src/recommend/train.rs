@@ -320,7 +320,8 @@ mod tests {
 
     fn train(branches: Branches, weights: &dyn Fn(Feedback) -> f32) -> (usize, BTreeMap<String, f64>) {
         let g = kg();
-        let cfg = ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2 };
+        let cfg =
+            ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, ..Default::default() };
         let vm = VarMap::new();
         let mut p = Params::new(&vm, &Device::Cpu, 5);
         let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
@@ -361,7 +362,8 @@ mod tests {
     #[test]
     fn pre_training_ranks_the_entities_a_turn_mentions_then_recommendation_training_goes_on() {
         let g = kg();
-        let cfg = ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2 };
+        let cfg =
+            ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, ..Default::default() };
         let branches = Branches { text: true, emotions: true, global: true, reweight: false };
         let rows: HashMap<String, u32> = [("u0".to_string(), 1), ("u1".to_string(), 2)].into();
         let table = Tensor::new(&[[0f32, 0., 0.], [1., 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
@@ -406,6 +408,38 @@ mod tests {
         let (_, untrained, _) = run(false);
         assert!(untrained["recall@1"] < after_pre["recall@1"], "{untrained:?} vs {after_pre:?}");
         assert_eq!(run(true).2, after_rec, "seeded: the same pre-training and training twice");
+    }
+
+    /// `fusion_init = "zero"`: at the start the user's emotions change no score (each entity is
+    /// its representation without emotions); Glorot-initialised fusion makes them count at once.
+    #[test]
+    fn zero_initialised_fusion_starts_deaf_to_the_emotions() {
+        use crate::recommend::FusionInit;
+        use candle_core::DType;
+        let g = kg();
+        let branches = Branches { text: false, emotions: true, global: false, reweight: false };
+        let text = TextTable { table: Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap(), rows: HashMap::new() };
+        let sad = {
+            let mut t = split(2).turns;
+            for f in &mut t {
+                f.slots[0].emotions = vec![(4, 0.8), (2, 0.5)];
+            }
+            t
+        };
+        let scores = |init: FusionInit, turns: &[Features]| {
+            let cfg =
+                ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, fusion_init: init };
+            let vm = VarMap::new();
+            let mut p = Params::new(&vm, &Device::Cpu, 5);
+            let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
+            let feats: Vec<&Features> = turns.iter().collect();
+            let batch = model.batch(&feats, &|_| 0).unwrap();
+            let e = model.entity_table().unwrap();
+            model.forward(&e, &text.table, &batch).unwrap().0.to_vec2::<f32>().unwrap()
+        };
+        let liked = split(2).turns;
+        assert_eq!(scores(FusionInit::Zero, &liked), scores(FusionInit::Zero, &sad));
+        assert_ne!(scores(FusionInit::Random, &liked), scores(FusionInit::Random, &sad));
     }
 
     #[test]
