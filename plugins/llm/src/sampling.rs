@@ -213,8 +213,8 @@ mod tests {
         assert_eq!(logits, vec![2.0, -2.0, 3.0, 2.0]);
         // Greedy: token 0 led, once written it falls behind token 2.
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
-        assert_eq!(s.sample(&mut vec![4.0, -1.0, 3.0], &[]), 0);
-        assert_eq!(s.sample(&mut vec![4.0, -1.0, 3.0], &[0]), 2);
+        assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[]), 0);
+        assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[0]), 2);
         let mut off = vec![4.0, -1.0];
         penalise_repeats(&mut off, &[0, 1], 1.0);
         assert_eq!(off, vec![4.0, -1.0]);
