@@ -319,6 +319,12 @@ impl Session<'_> {
         if prompt.is_empty() {
             return Err(LlmError::Invalid("the prompt has no tokens".into()));
         }
+        let penalty = params.sampling.repetition_penalty;
+        if !(penalty.is_finite() && penalty > 0.0) {
+            return Err(LlmError::Invalid(format!(
+                "sampling.repetition_penalty {penalty}: must be a positive number (1 = off)"
+            )));
+        }
         let tok = self.llm.tokenizer.clone();
         let start = Instant::now();
         let mut logits = self.forward(prompt)?;

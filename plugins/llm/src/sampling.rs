@@ -80,13 +80,15 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    /// Reused by the repetition penalty, so that a token costs no allocation.
+    seen: Vec<u32>,
 }
 
 impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
         let rng = Rng::new(params.seed);
-        Self { params, rng }
+        Self { params, rng, seen: Vec::new() }
     }
 
     /// The parameters.
@@ -97,7 +99,7 @@ impl Sampler {
     /// Choose the next token. `history` is the sequence the n-gram rule looks at (the generated
     /// tokens, preceded by the prompt when `ngram_includes_prompt`). Banned tokens get `-inf`.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        penalise_repeats(logits, history, self.params.repetition_penalty);
+        penalise_repeats(logits, history, self.params.repetition_penalty, &mut self.seen);
         for t in banned_tokens(history, self.params.no_repeat_ngram) {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = f32::NEG_INFINITY;
@@ -160,14 +162,18 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Applies the repetition penalty `p` once to each distinct token of `history` (1 = nothing).
-pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32) {
+/// Applies the repetition penalty `p` once to each distinct token of `history` (1 = nothing);
+/// `seen` is scratch space, kept by the caller across tokens.
+pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32, seen: &mut Vec<u32>) {
     if p == 1.0 {
         return;
     }
-    let mut seen = std::collections::HashSet::new();
-    for &t in history {
-        if let (true, Some(l)) = (seen.insert(t), logits.get_mut(t as usize)) {
+    seen.clear();
+    seen.extend_from_slice(history);
+    seen.sort_unstable();
+    seen.dedup();
+    for &t in seen.iter() {
+        if let Some(l) = logits.get_mut(t as usize) {
             *l = if *l > 0.0 { *l / p } else { *l * p };
         }
     }
@@ -209,14 +215,14 @@ mod tests {
     #[test]
     fn the_repetition_penalty_lowers_each_seen_token_once_whatever_its_sign() {
         let mut logits = vec![4.0, -1.0, 3.0, 2.0];
-        penalise_repeats(&mut logits, &[0, 1, 0, 0], 2.0);
+        penalise_repeats(&mut logits, &[0, 1, 0, 0], 2.0, &mut Vec::new());
         assert_eq!(logits, vec![2.0, -2.0, 3.0, 2.0]);
         // Greedy: token 0 led, once written it falls behind token 2.
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
         assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[]), 0);
         assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[0]), 2);
         let mut off = vec![4.0, -1.0];
-        penalise_repeats(&mut off, &[0, 1], 1.0);
+        penalise_repeats(&mut off, &[0, 1], 1.0, &mut Vec::new());
         assert_eq!(off, vec![4.0, -1.0]);
     }
 

@@ -310,4 +310,9 @@ fn bad_input_gives_clear_errors() {
     let mut s = fast().session();
     assert!(s.forward(&[]).is_err());
     assert!(s.forward(&[49_152]).unwrap_err().to_string().contains("vocabulary"));
+    let prompt = tokenizer().encode(&chat("Hi")).unwrap();
+    let zero =
+        GenerateParams { sampling: SamplingParams { repetition_penalty: 0.0, ..Default::default() }, ..greedy(4) };
+    let err = fast().session().generate(&prompt, &zero, |_| std::ops::ControlFlow::Continue(())).unwrap_err();
+    assert!(err.to_string().contains("repetition_penalty"), "{err}");
 }

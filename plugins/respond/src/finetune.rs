@@ -173,14 +173,8 @@ pub struct SampleFields {
     pub held_out: bool,
 }
 
-/// The fields of every review in `db` whose movie is a KG movie, built as `config` says.
-pub fn sample_fields(
-    db: &ReviewDb,
-    res: &Resources,
-    index: &KnowledgeIndex,
-    config: &FinetuneConfig,
-) -> Vec<SampleFields> {
-    let o = config;
+/// The fields of every review in `db` whose movie is a KG movie, built as `o` says.
+pub fn sample_fields(db: &ReviewDb, res: &Resources, index: &KnowledgeIndex, o: &FinetuneConfig) -> Vec<SampleFields> {
     let retrieve = o.reviews.options();
     let kg = &res.kg;
     let mut rng = SplitMix::new(o.train.seed);
@@ -213,8 +207,10 @@ pub fn sample_fields(
         let mut reviews: Vec<u32> = sentences.iter().map(|s| s.review).collect();
         reviews.dedup();
         let rec = RecommendedMovie { item, name: movie.title.clone() };
-        let supported = |s: &&crate::reviewdb::Sentence| {
-            !o.drop_unsupported || checker.claims(&s.text, &rec, &[]).iter().all(|c| c.supported)
+        let movie_support = o.drop_unsupported.then(|| checker.support(item));
+        let supported = |s: &&crate::reviewdb::Sentence| match &movie_support {
+            Some(sup) => checker.claims_against(&s.text, &rec, sup, &[]).iter().all(|c| c.supported),
+            None => true,
         };
         for &r in &reviews {
             let own: Vec<_> =

@@ -223,7 +223,22 @@ impl<'a> FactChecker<'a> {
     /// The people, companies and movies `response` names besides `movie` and
     /// what `context` mentions, each checked against the movie's support.
     pub fn claims(&self, response: &str, movie: &RecommendedMovie, context: &[String]) -> Vec<Claim> {
-        let sup: Support = support(self.kg, self.catalogue, self.index, movie.item);
+        self.claims_against(response, movie, &self.support(movie.item), context)
+    }
+
+    /// What supports claims about `item` (computed once per movie when many texts are checked).
+    pub fn support(&self, item: u32) -> Support {
+        support(self.kg, self.catalogue, self.index, item)
+    }
+
+    /// [`FactChecker::claims`] against the movie's support `sup` ([`FactChecker::support`]).
+    pub fn claims_against(
+        &self,
+        response: &str,
+        movie: &RecommendedMovie,
+        sup: &Support,
+        context: &[String],
+    ) -> Vec<Claim> {
         let said: HashSet<String> =
             context.iter().flat_map(|c| self.linker.link(c)).map(|m| name_key(&m.name)).collect();
         let mut seen = HashSet::new();

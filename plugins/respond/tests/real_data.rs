@@ -46,6 +46,21 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The knowledge index over the fixture's resources, built once.
+fn knowledge() -> &'static ecr_respond::KnowledgeIndex {
+    static K: OnceLock<ecr_respond::KnowledgeIndex> = OnceLock::new();
+    K.get_or_init(|| {
+        let f = fixture();
+        ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker)
+    })
+}
+
+/// The evaluation's fact checker over the fixture's resources.
+fn fact_checker() -> ecr_respond::FactChecker<'static> {
+    let f = fixture();
+    ecr_respond::FactChecker::new(&f.res.kg, &f.res.catalogue, &f.res.linker, knowledge())
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ecr-respond-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -283,8 +298,7 @@ budget = 400
 fn factual_consistency_on_the_real_kg() {
     use ecr_respond::metrics::RecommendedMovie;
     let f = fixture();
-    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
-    let fc = ecr_respond::FactChecker::new(&f.res.kg, &f.res.catalogue, &f.res.linker, &idx);
+    let fc = fact_checker();
     let m = f.res.catalogue.movies().iter().find(|m| m.title == "Titanic (1997)").expect("Titanic in the catalogue");
     let movie = RecommendedMovie { item: f.res.linker.movie_entity(m.id).unwrap(), name: m.title.clone() };
     let ok = fc.claims("Titanic is James Cameron's epic with Leonardo DiCaprio and Kate Winslet.", &movie, &[]);
@@ -362,8 +376,8 @@ fn samples(inject: f64) -> Vec<ecr_respond::finetune::SampleFields> {
 fn samples_of(config: &ecr_respond::finetune::FinetuneConfig) -> Vec<ecr_respond::finetune::SampleFields> {
     let f = fixture();
     let db = retriever().db().unwrap();
-    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
-    ecr_respond::finetune::sample_fields(db, &f.res, &idx, config)
+    let idx = knowledge();
+    ecr_respond::finetune::sample_fields(db, &f.res, idx, config)
 }
 
 /// `target = "emotional"`: a target is the feeling sentences of one review, in order, and its
@@ -404,7 +418,7 @@ fn finetuning_samples_carry_the_prompt_fields_of_their_own_movie_only() {
     use ecr_respond::knowledge::{display_name, fact_sentence};
     let f = fixture();
     let db = retriever().db().unwrap();
-    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let idx = knowledge();
     let plain = samples(0.0);
     // One sample per kept review of a KG movie.
     let reviews: std::collections::BTreeSet<(usize, u32)> = (0..db.movies().len())
@@ -495,7 +509,7 @@ fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
     use ecr_respond::knowledge::movie_facts;
     let f = fixture();
     let db = retriever().db().unwrap();
-    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
+    let idx = knowledge();
     let plain = samples(0.0);
     let config = FinetuneConfig { similar_share: 0.5, knowledge: PromptKnowledge::Retrieved, ..sample_options(0.0) };
     let like = samples_of(&config);
@@ -529,7 +543,7 @@ fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
             assert!(films.values().all(|&n| n <= config_o.per_movie), "{films:?}");
         }
         // The retriever's facts about this movie first, then the review's not among them.
-        let r = movie_facts(&f.res.kg, &f.res.catalogue, &idx, b.item, &b.movie, &config.reviews.relations, 8);
+        let r = movie_facts(&f.res.kg, &f.res.catalogue, idx, b.item, &b.movie, &config.reviews.relations, 8);
         assert_eq!(&b.facts[..r.len()], &r[..]);
         assert!(a.facts.iter().all(|x| b.facts.iter().any(|y| y.relation == x.relation && y.tail == x.tail)));
         assert!(b.facts.iter().all(|x| x.head == b.movie));
@@ -567,9 +581,7 @@ fn inference_like_samples_show_similar_films_and_the_retrievers_facts() {
 fn targets_without_unsupported_claims_leave_out_exactly_the_sentences_that_make_them() {
     use ecr_respond::finetune::{FinetuneConfig, TargetSentences};
     use ecr_respond::metrics::RecommendedMovie;
-    let f = fixture();
-    let idx = ecr_respond::KnowledgeIndex::new(&f.res.catalogue, &f.res.kg, &f.res.linker);
-    let fc = ecr_respond::FactChecker::new(&f.res.kg, &f.res.catalogue, &f.res.linker, &idx);
+    let fc = fact_checker();
     let unsupported = |item: u32, movie: &str, text: &str| {
         let rec = RecommendedMovie { item, name: movie.to_string() };
         fc.claims(text, &rec, &[]).iter().any(|c| !c.supported)

@@ -82,8 +82,9 @@ pub enum FusionInit {
     /// Glorot-uniform like every other layer: the emotions perturb each entity from the start.
     #[default]
     Random,
-    /// The output layer at zero: the model starts as the one without emotions and adds them only
-    /// as far as training finds them useful (ReZero's idea).
+    /// The output layer at zero: each entity starts as its representation without emotions, which
+    /// training adds only as far as it finds them useful (ReZero's idea). The global branch's slots
+    /// are there from the start either way.
     Zero,
 }
 
