@@ -5,7 +5,7 @@ use crate::candle_ref::{CandleModel, CandleState};
 use crate::fast::{FastModel, FastState};
 use crate::gguf::{GgufFile, LlamaConfig};
 use crate::lora::{Adapter, BaseModel, LoraConfig};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, Spared};
 use crate::tokenizer::{LlmTokenizer, TextStream};
 use crate::{LlmError, Result};
 use serde::{Deserialize, Serialize};
@@ -251,8 +251,31 @@ impl Llm {
         params: &GenerateParams,
         on_piece: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
+        self.generate_sparing(prompt, params, &Spared::default(), on_piece)
+    }
+
+    /// [`Llm::generate`] with the repetition rules sparing the names of `spared`
+    /// ([`Llm::spared_names`]).
+    pub fn generate_sparing(
+        &self,
+        prompt: &str,
+        params: &GenerateParams,
+        spared: &Spared,
+        on_piece: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
         let ids = self.tokenizer.encode(prompt)?;
-        self.session().generate(&ids, params, on_piece)
+        self.session().generate_sparing(&ids, params, spared, on_piece)
+    }
+
+    /// `names` as [`Spared`] token sequences, each as written inside a sentence (after a space)
+    /// and at the start of a line.
+    pub fn spared_names<S: AsRef<str>>(&self, names: &[S]) -> Result<Spared> {
+        let mut seqs = Vec::with_capacity(2 * names.len());
+        for name in names.iter().map(AsRef::as_ref).filter(|n| !n.trim().is_empty()) {
+            seqs.push(self.tokenizer.encode(&format!(" {name}"))?);
+            seqs.push(self.tokenizer.encode(name)?);
+        }
+        Ok(Spared::new(seqs))
     }
 }
 
@@ -313,6 +336,17 @@ impl Session<'_> {
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
+        on_piece: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        self.generate_sparing(prompt, params, &Spared::default(), on_piece)
+    }
+
+    /// [`Session::generate`] with the repetition rules sparing the names of `spared`.
+    pub fn generate_sparing(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        spared: &Spared,
         mut on_piece: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<Generation> {
         let _span = tracing::debug_span!("generate", prompt_tokens = prompt.len()).entered();
@@ -329,7 +363,7 @@ impl Session<'_> {
         let start = Instant::now();
         let mut logits = self.forward(prompt)?;
         let prompt_s = start.elapsed().as_secs_f64();
-        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut sampler = Sampler::sparing(params.sampling.clone(), spared.clone());
         let mut history: Vec<u32> = if params.sampling.ngram_includes_prompt { prompt.to_vec() } else { Vec::new() };
         let mut stream = TextStream::new();
         let mut out = Generation {

@@ -39,7 +39,7 @@ pub mod tokenizer;
 
 pub use generate::{DecoderKind, GenerateParams, Generation, Llm, LoadOptions, Session, StopReason, Timings};
 pub use gguf::LlamaConfig;
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingParams, Spared};
 pub use tokenizer::LlmTokenizer;
 
 use std::path::PathBuf;

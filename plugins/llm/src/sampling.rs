@@ -75,20 +75,68 @@ impl Rng {
     }
 }
 
+/// Names (as token sequences) that the repetition rules must not deform. Without it the
+/// n-gram ban and the repetition penalty make a model that writes a name for the second time
+/// avoid its tokens ("Blended" becomes "Blened", "Tommy Chong" "Tommy Chung"). Spared after a
+/// history: the next token of each name the history ends inside of. A name's first token and
+/// the words between names stay under the rules, so neither "Blended Blended Blended" nor a
+/// repeated "X stars Y. X stars Y." can loop.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Spared {
+    names: Vec<Vec<u32>>,
+}
+
+impl Spared {
+    /// The names given as token sequences (empty ones and duplicates are dropped).
+    pub fn new(names: impl IntoIterator<Item = Vec<u32>>) -> Self {
+        let mut names: Vec<Vec<u32>> = names.into_iter().filter(|n| !n.is_empty()).collect();
+        names.sort_unstable();
+        names.dedup();
+        Self { names }
+    }
+
+    /// Whether no name is spared.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The tokens spared after `history` into `out`, ascending without duplicates.
+    pub fn tokens_after(&self, history: &[u32], out: &mut Vec<u32>) {
+        out.clear();
+        for name in &self.names {
+            for j in 1..name.len() {
+                if history.ends_with(&name[..j]) {
+                    out.push(name[j]);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
 /// Picks tokens according to [`SamplingParams`]; one per generation (it owns the RNG).
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    spared: Spared,
     /// Reused by the repetition penalty, so that a token costs no allocation.
     seen: Vec<u32>,
+    /// Reused for the tokens [`Spared`] after the current history.
+    spared_now: Vec<u32>,
 }
 
 impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
+        Self::sparing(params, Spared::default())
+    }
+
+    /// A sampler whose repetition rules spare the names of `spared`.
+    pub fn sparing(params: SamplingParams, spared: Spared) -> Self {
         let rng = Rng::new(params.seed);
-        Self { params, rng, seen: Vec::new() }
+        Self { params, rng, spared, seen: Vec::new(), spared_now: Vec::new() }
     }
 
     /// The parameters.
@@ -97,10 +145,16 @@ impl Sampler {
     }
 
     /// Choose the next token. `history` is the sequence the n-gram rule looks at (the generated
-    /// tokens, preceded by the prompt when `ngram_includes_prompt`). Banned tokens get `-inf`.
+    /// tokens, preceded by the prompt when `ngram_includes_prompt`). Banned tokens get `-inf`,
+    /// except those the sampler's [`Spared`] names spare (which the penalty skips too).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        penalise_repeats(logits, history, self.params.repetition_penalty, &mut self.seen);
+        self.spared.tokens_after(history, &mut self.spared_now);
+        let spared = &self.spared_now;
+        penalise_repeats(logits, history, self.params.repetition_penalty, spared, &mut self.seen);
         for t in banned_tokens(history, self.params.no_repeat_ngram) {
+            if spared.binary_search(&t).is_ok() {
+                continue;
+            }
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = f32::NEG_INFINITY;
             }
@@ -162,9 +216,9 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// Applies the repetition penalty `p` once to each distinct token of `history` (1 = nothing);
-/// `seen` is scratch space, kept by the caller across tokens.
-pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32, seen: &mut Vec<u32>) {
+/// Applies the repetition penalty `p` once to each distinct token of `history` (1 = nothing)
+/// but those in `spared` (ascending); `seen` is scratch space, kept by the caller across tokens.
+pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32, spared: &[u32], seen: &mut Vec<u32>) {
     if p == 1.0 {
         return;
     }
@@ -172,7 +226,7 @@ pub fn penalise_repeats(logits: &mut [f32], history: &[u32], p: f32, seen: &mut 
     seen.extend_from_slice(history);
     seen.sort_unstable();
     seen.dedup();
-    for &t in seen.iter() {
+    for &t in seen.iter().filter(|t| spared.binary_search(t).is_err()) {
         if let Some(l) = logits.get_mut(t as usize) {
             *l = if *l > 0.0 { *l / p } else { *l * p };
         }
@@ -215,14 +269,14 @@ mod tests {
     #[test]
     fn the_repetition_penalty_lowers_each_seen_token_once_whatever_its_sign() {
         let mut logits = vec![4.0, -1.0, 3.0, 2.0];
-        penalise_repeats(&mut logits, &[0, 1, 0, 0], 2.0, &mut Vec::new());
+        penalise_repeats(&mut logits, &[0, 1, 0, 0], 2.0, &[], &mut Vec::new());
         assert_eq!(logits, vec![2.0, -2.0, 3.0, 2.0]);
         // Greedy: token 0 led, once written it falls behind token 2.
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() });
         assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[]), 0);
         assert_eq!(s.sample(&mut [4.0, -1.0, 3.0], &[0]), 2);
         let mut off = vec![4.0, -1.0];
-        penalise_repeats(&mut off, &[0, 1], 1.0, &mut Vec::new());
+        penalise_repeats(&mut off, &[0, 1], 1.0, &[], &mut Vec::new());
         assert_eq!(off, vec![4.0, -1.0]);
     }
 
@@ -249,6 +303,37 @@ mod tests {
         // p_i ∝ e^{-i/2}: the 0.9 nucleus is tokens 0..=4 (cumulative 0.918 at i = 4).
         assert!(a.iter().all(|&t| t <= 4), "a token outside the nucleus was drawn: {a:?}");
         assert!(a.iter().any(|&t| t != 0), "sampling never left the argmax");
+    }
+
+    #[test]
+    fn spared_names_escape_the_ban_and_the_penalty_only_where_they_continue() {
+        // The name is 7 8 9; history "5 7 8 9 5 7 8": the trigram rule bans 9 after "7 8", but 9
+        // continues the name being written, so it is spared. Its first token 7 is not: a name
+        // may not follow itself forever.
+        let spared = Spared::new([vec![7, 8, 9], vec![], vec![7, 8, 9]]);
+        let mut now = Vec::new();
+        spared.tokens_after(&[5, 7, 8, 9, 5, 7, 8], &mut now);
+        assert_eq!(now, vec![9]);
+        spared.tokens_after(&[5, 7], &mut now);
+        assert_eq!(now, vec![8]);
+        spared.tokens_after(&[5, 8], &mut now);
+        assert!(now.is_empty(), "8 outside the name is not spared");
+        spared.tokens_after(&[7, 8, 9], &mut now);
+        assert!(now.is_empty(), "after the whole name nothing is spared");
+        let params = SamplingParams { no_repeat_ngram: 3, repetition_penalty: 100.0, ..SamplingParams::greedy() };
+        let history = [5, 7, 8, 9, 5, 7, 8];
+        let logits = |top: usize| {
+            let mut l = vec![0.1f32; 10];
+            l[top] = 5.0;
+            l
+        };
+        assert_ne!(Sampler::new(params.clone()).sample(&mut logits(9), &history), 9, "unspared: banned");
+        let mut s = Sampler::sparing(params.clone(), spared.clone());
+        assert_eq!(s.sample(&mut logits(9), &history), 9, "spared: the name goes on");
+        // Outside a name the rules hold: 5 was written, is penalised, and 4 wins over it.
+        let mut l = logits(5);
+        l[4] = 1.0;
+        assert_eq!(s.sample(&mut l, &[5, 6]), 4);
     }
 
     #[test]

@@ -218,6 +218,35 @@ fn no_repeat_ngram_holds_on_the_output() {
 }
 
 #[test]
+fn spared_names_are_written_whole_where_the_ngram_rule_deforms_them() {
+    let prompt = chat("Write this sentence five times: Blended stars Adam Sandler and Drew Barrymore.");
+    let params = GenerateParams {
+        max_new_tokens: 80,
+        // Past the first sentence: the model would otherwise end its turn after writing it once.
+        min_new_tokens: 60,
+        sampling: SamplingParams { no_repeat_ngram: 3, repetition_penalty: 1.2, ..Default::default() },
+        stop: vec![],
+    };
+    let names = ["Blended", "Adam Sandler", "Drew Barrymore"];
+    let spared = fast().spared_names(&names).unwrap();
+    let run =
+        |s: &ecr_llm::Spared| fast().generate_sparing(&prompt, &params, s, |_| ControlFlow::Continue(())).unwrap();
+    let (plain, kept) = (run(&ecr_llm::Spared::default()), run(&spared));
+    let whole = |text: &str| names.iter().map(|n| text.matches(n).count()).sum::<usize>();
+    // Without sparing, the rules make the model avoid the names' tokens once written.
+    assert!(
+        whole(&kept.text) > whole(&plain.text),
+        "sparing kept no more whole names: {:?} vs {:?}",
+        kept.text,
+        plain.text
+    );
+    // The words between the names and a name's first token stay under the rules: neither the
+    // sentence nor a name loops.
+    assert!(kept.text.matches("stars Adam Sandler and Drew Barrymore").count() <= 1, "{:?}", kept.text);
+    assert!(!kept.text.contains("Blended Blended"), "{:?}", kept.text);
+}
+
+#[test]
 fn streamed_pieces_concatenate_to_the_text_even_with_multibyte_characters() {
     // Japanese and emoji come out as several byte-level tokens per character.
     let prompt = chat("Write the Japanese word for movie, 映画, three times, with a 🎬 emoji after each.");

@@ -10,12 +10,12 @@
 //! decoder is the default; `decoder = "candle"` picks candle's for comparison.
 
 use crate::finetune::{ADAPTER_FILE, FinetuneConfig};
-use crate::stage::RESPONSE_PREFIX;
+use crate::stage::{RESPONSE_PREFIX, REVIEW_ENTITIES};
 use ecr_engine::{
     BoxError, BuildContext, ConfigIssue, Field, ResourceKey, Resources, Stage, StageFactory, StageIo, Turn, TurnContext,
 };
 use ecr_llm::lora::Adapter;
-use ecr_llm::{GenerateParams, Llm, LoadOptions, SamplingParams, StopReason};
+use ecr_llm::{GenerateParams, Llm, LoadOptions, SamplingParams, Spared, StopReason};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -80,6 +80,12 @@ pub struct GeneratorConfig {
     /// The adapter's directory (default `runs/<recipe>/<stage id>/`), e.g. another recipe's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// Whether the repetition rules (`no_repeat_ngram`, `repetition_penalty`) spare the names the
+    /// prompt shows (the candidate movies, the facts' heads and tails but the plot, the review
+    /// entities): a name written a second time is then written the same way, not deformed to
+    /// escape the rules ([`ecr_llm::Spared`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spare_names: bool,
 }
 
 impl GeneratorConfig {
@@ -112,6 +118,7 @@ impl Default for GeneratorConfig {
             generate: GenerateParams { max_new_tokens: 60, min_new_tokens: 20, sampling, ..GenerateParams::default() },
             finetune: None,
             adapter: None,
+            spare_names: false,
         }
     }
 }
@@ -124,13 +131,42 @@ pub struct GeneratorFactory;
 pub struct GeneratorStage {
     llm: Arc<Llm>,
     params: GenerateParams,
+    spare_names: bool,
 }
 
 impl GeneratorStage {
-    /// A stage over a loaded model.
-    pub fn new(llm: Arc<Llm>, params: GenerateParams) -> Self {
-        GeneratorStage { llm, params }
+    /// A stage over a loaded model; `spare_names` as [`GeneratorConfig::spare_names`].
+    pub fn new(llm: Arc<Llm>, params: GenerateParams, spare_names: bool) -> Self {
+        GeneratorStage { llm, params, spare_names }
     }
+
+    /// The names the repetition rules spare in this turn ([`prompt_names`]), when configured.
+    fn spared_names(&self, turn: &Turn, prompt: &str) -> Result<Spared, BoxError> {
+        if !self.spare_names {
+            return Ok(Spared::default());
+        }
+        Ok(self.llm.spared_names(&prompt_names(turn, prompt))?)
+    }
+}
+
+/// The names of `turn` that `prompt` shows: the candidates', the facts' (heads, and tails but
+/// plots, which are sentences) and the review entities', each once, in that order.
+pub fn prompt_names<'t>(turn: &'t Turn, prompt: &str) -> Vec<&'t str> {
+    let entities = turn.ext.get(REVIEW_ENTITIES).and_then(|v| v.as_array());
+    let mut names: Vec<&str> = Vec::new();
+    let all = turn
+        .candidates
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(turn.facts.iter().map(|f| f.head.as_str()))
+        .chain(turn.facts.iter().filter(|f| f.relation != "plot").map(|f| f.tail.as_str()))
+        .chain(entities.into_iter().flatten().filter_map(|v| v.as_str()));
+    for n in all {
+        if !n.trim().is_empty() && prompt.contains(n) && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
 }
 
 impl StageFactory for GeneratorFactory {
@@ -144,8 +180,12 @@ impl StageFactory for GeneratorFactory {
         "the response: SmolLM2 continues the prompt, streaming each token (fast decoder by default)"
     }
 
-    fn io(&self, _config: &Self::Config) -> StageIo {
-        StageIo::new([Field::Prompt], [Field::Response]).with_optional([Field::Ext(RESPONSE_PREFIX.into())])
+    fn io(&self, config: &Self::Config) -> StageIo {
+        let mut optional = vec![Field::Ext(RESPONSE_PREFIX.into())];
+        if config.spare_names {
+            optional.extend([Field::Candidates, Field::Facts, Field::Ext(REVIEW_ENTITIES.into())]);
+        }
+        StageIo::new([Field::Prompt], [Field::Response]).with_optional(optional)
     }
 
     fn check(&self, config: &Self::Config, ctx: &BuildContext) -> Vec<ConfigIssue> {
@@ -215,7 +255,7 @@ impl StageFactory for GeneratorFactory {
             .into());
         }
         let llm = ctx.resources().get(&config.llm_key(ctx))?;
-        Ok(Box::new(GeneratorStage::new(llm, config.generate)))
+        Ok(Box::new(GeneratorStage::new(llm, config.generate, config.spare_names)))
     }
 
     fn trainer(
@@ -237,7 +277,8 @@ impl Stage for GeneratorStage {
         if !prefix.is_empty() {
             cx.token(prefix.clone());
         }
-        let out = self.llm.generate(prompt, &self.params, |piece| {
+        let spared = self.spared_names(turn, prompt)?;
+        let out = self.llm.generate_sparing(prompt, &self.params, &spared, |piece| {
             cx.token(piece);
             if cx.is_cancelled() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })?;
@@ -397,7 +438,7 @@ impl ecr_engine::Trainable for ResponseEval {
         turns.iter_mut().for_each(|t| t.feedback.clear());
         cx.run_rest(&mut turns)?;
         let llm = self.ctx.resources().get(&self.config.llm_key(&self.ctx))?;
-        let stage = GeneratorStage::new(llm, self.config.generate.clone());
+        let stage = GeneratorStage::new(llm, self.config.generate.clone(), self.config.spare_names);
         let bar = ecr_data::progress::bar(cx.options.progress, "generating responses");
         bar.set_length(turns.len() as u64);
         let mut records = Vec::new();
@@ -479,4 +520,42 @@ fn gold_responses(test: &[ecr_data::Conversation], linker: &ecr_data::Linker, n:
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecr_engine::{Candidate, Fact};
+
+    #[test]
+    fn the_spared_names_are_those_the_prompt_shows_and_never_a_plot() {
+        let fact = |relation: &str, tail: &str| Fact {
+            head: "Blended (film)".into(),
+            relation: relation.into(),
+            tail: tail.into(),
+        };
+        let mut turn = Turn {
+            candidates: vec![
+                Candidate { item: 1, name: "Blended (film)".into(), score: 2.0 },
+                Candidate { item: 2, name: "Jaws (1975)".into(), score: 1.0 },
+            ],
+            facts: vec![
+                fact("plot", "A man and a woman are stuck together at a resort."),
+                fact("starring", "Adam Sandler"),
+                fact("starring", "Adam Sandler"),
+                fact("director", "Frank Coraci"),
+            ],
+            ..Turn::default()
+        };
+        turn.ext.insert(REVIEW_ENTITIES.into(), serde_json::json!(["Drew Barrymore", "Africa"]));
+        let prompt = "Movie Name: Blended (film)\nRelated Entities: Drew Barrymore\nRelated Knowledge: A man and a \
+                      woman are stuck together at a resort. Blended (film) stars Adam Sandler. Blended (film) was \
+                      directed by Frank Coraci.";
+        // Jaws is a candidate the prompt does not show; Africa an entity it left out; the plot a
+        // sentence, not a name.
+        assert_eq!(
+            prompt_names(&turn, prompt),
+            vec!["Blended (film)", "Adam Sandler", "Frank Coraci", "Drew Barrymore"]
+        );
+    }
 }
