@@ -95,11 +95,6 @@ impl Spared {
         Self { names }
     }
 
-    /// Whether no name is spared.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The tokens spared after `history` into `out`, ascending without duplicates.
     pub fn tokens_after(&self, history: &[u32], out: &mut Vec<u32>) {
         out.clear();

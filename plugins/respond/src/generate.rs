@@ -10,6 +10,7 @@
 //! decoder is the default; `decoder = "candle"` picks candle's for comparison.
 
 use crate::finetune::{ADAPTER_FILE, FinetuneConfig};
+use crate::knowledge::info_relations;
 use crate::stage::{RESPONSE_PREFIX, REVIEW_ENTITIES};
 use ecr_engine::{
     BoxError, BuildContext, ConfigIssue, Field, ResourceKey, Resources, Stage, StageFactory, StageIo, Turn, TurnContext,
@@ -159,7 +160,7 @@ pub fn prompt_names<'t>(turn: &'t Turn, prompt: &str) -> Vec<&'t str> {
         .iter()
         .map(|c| c.name.as_str())
         .chain(turn.facts.iter().map(|f| f.head.as_str()))
-        .chain(turn.facts.iter().filter(|f| f.relation != "plot").map(|f| f.tail.as_str()))
+        .chain(turn.facts.iter().filter(|f| f.relation != info_relations::PLOT).map(|f| f.tail.as_str()))
         .chain(entities.into_iter().flatten().filter_map(|v| v.as_str()));
     for n in all {
         if !n.trim().is_empty() && prompt.contains(n) && !names.contains(&n) {
@@ -540,7 +541,7 @@ mod tests {
                 Candidate { item: 2, name: "Jaws (1975)".into(), score: 1.0 },
             ],
             facts: vec![
-                fact("plot", "A man and a woman are stuck together at a resort."),
+                fact(info_relations::PLOT, "A man and a woman are stuck together at a resort."),
                 fact("starring", "Adam Sandler"),
                 fact("starring", "Adam Sandler"),
                 fact("director", "Frank Coraci"),
