@@ -18,6 +18,10 @@
 //!
 //! `drop_unsupported` leaves out of the targets the sentences whose claims (people, companies,
 //! other movies) the evaluation's [`FactChecker`] would count as unsupported.
+//!
+//! `select = "novel"` draws the training samples by what their targets add ([`novel_order`]):
+//! each next sample is the one whose target has the largest share of word pairs not yet in the
+//! chosen ones, so reviews made of stock phrases ("I loved it. It was great.") come last.
 
 use crate::knowledge::{KnowledgeIndex, display_name, fact_sentence, info_relations, movie_facts};
 use crate::metrics::{FactChecker, RecommendedMovie};
@@ -83,6 +87,26 @@ pub struct FinetuneConfig {
     /// consistency counts as unsupported), so that the adapter does not learn to name-drop.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub drop_unsupported: bool,
+    /// How the `max_samples` training samples are drawn from the reviews.
+    #[serde(skip_serializing_if = "SampleSelection::is_random")]
+    pub select: SampleSelection,
+}
+
+/// How the training samples are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SampleSelection {
+    /// At random, by the seed (ECR).
+    #[default]
+    Random,
+    /// By novelty ([`novel_order`]): the samples whose targets repeat least what the others say.
+    Novel,
+}
+
+impl SampleSelection {
+    fn is_random(&self) -> bool {
+        *self == SampleSelection::Random
+    }
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -147,6 +171,7 @@ impl Default for FinetuneConfig {
             similar_share: 0.0,
             knowledge: PromptKnowledge::Review,
             drop_unsupported: false,
+            select: SampleSelection::Random,
         }
     }
 }
@@ -289,6 +314,71 @@ pub fn inject_facts(target: &mut Vec<String>, facts: &[Fact], p: f64, rng: &mut 
             .unwrap_or_else(|| (rng.next_u64() % (target.len() as u64 + 1)) as usize);
         target.insert(at, fact_sentence(f));
     }
+}
+
+/// The word pairs of `sentence` (lowercased, punctuation trimmed), repeats included.
+fn word_pairs(sentence: &str) -> Vec<(String, String)> {
+    let words: Vec<String> = sentence
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect()
+}
+
+/// Up to `n` of `targets` (indices), greedily by novelty: each next one has the largest share of
+/// word pairs (within sentences, repeats counted) not in the ones chosen before it; ties go to the
+/// earlier index, so a seeded shuffle of `targets` decides them. A target that repeats itself
+/// ("great acting, great acting") or the others ("I loved it.") scores low. Targets without a word
+/// pair come last. Lazy greedy: a target's share can only fall as others are chosen, so a share
+/// recomputed to its old value is the largest.
+pub fn novel_order(targets: &[&[String]], n: usize) -> Vec<usize> {
+    use std::collections::HashSet;
+    let pairs: Vec<Vec<(String, String)>> =
+        targets.iter().map(|t| t.iter().flat_map(|s| word_pairs(s)).collect()).collect();
+    let mut seen: HashSet<&(String, String)> = HashSet::new();
+    let share = |i: usize, seen: &HashSet<&(String, String)>| -> f64 {
+        let p = &pairs[i];
+        if p.is_empty() {
+            return -1.0;
+        }
+        let mut new: HashSet<&(String, String)> = HashSet::new();
+        for q in p {
+            if !seen.contains(q) {
+                new.insert(q);
+            }
+        }
+        new.len() as f64 / p.len() as f64
+    };
+    let mut bound: Vec<Option<f64>> = (0..targets.len()).map(|i| Some(share(i, &seen))).collect();
+    let mut order = Vec::with_capacity(n.min(targets.len()));
+    while order.len() < n {
+        let mut best: Option<(usize, f64)> = None;
+        for (i, b) in bound.iter().enumerate() {
+            if let Some(b) = *b
+                && best.is_none_or(|(_, x)| b > x)
+            {
+                best = Some((i, b));
+            }
+        }
+        let Some((i, b)) = best else { break };
+        let now = share(i, &seen);
+        if now < b {
+            bound[i] = Some(now);
+            continue;
+        }
+        bound[i] = None;
+        seen.extend(pairs[i].iter());
+        order.push(i);
+    }
+    order
+}
+
+/// Distinct word pairs of `targets` per target (the training set's own Dist-2).
+pub fn distinct_pairs_per_target(targets: &[&[String]]) -> f64 {
+    let all: std::collections::HashSet<(String, String)> =
+        targets.iter().flat_map(|t| t.iter().flat_map(|s| word_pairs(s))).collect();
+    all.len() as f64 / targets.len().max(1) as f64
 }
 
 /// One tokenized sample: the prompt's tokens then the target's, and the frozen layers' output.
@@ -437,9 +527,16 @@ pub fn train_adapter(
     let mut rng = ecr_neural::rng::Rng::new(config.train.seed);
     let mut train_f: Vec<&SampleFields> = fields.iter().filter(|f| !f.held_out).collect();
     rng.shuffle(&mut train_f);
-    if config.max_samples > 0 {
-        train_f.truncate(config.max_samples);
+    let n = if config.max_samples > 0 { config.max_samples } else { train_f.len() };
+    match config.select {
+        SampleSelection::Random => train_f.truncate(n),
+        SampleSelection::Novel => {
+            let targets: Vec<&[String]> = train_f.iter().map(|f| f.target.as_slice()).collect();
+            train_f = novel_order(&targets, n).into_iter().map(|i| train_f[i]).collect();
+        }
     }
+    let chosen: Vec<&[String]> = train_f.iter().map(|f| f.target.as_slice()).collect();
+    let target_pairs = distinct_pairs_per_target(&chosen);
     let valid_f: Vec<&SampleFields> = fields.iter().filter(|f| f.held_out).take(config.max_valid).collect();
     if train_f.is_empty() || valid_f.is_empty() {
         return Err(format!(
@@ -497,6 +594,7 @@ pub fn train_adapter(
         "valid_samples": valid.len(),
         "mean_prompt_tokens": prompt_tokens,
         "mean_target_tokens": target_tokens,
+        "target_distinct_pairs_per_sample": target_pairs,
         "adapter_params": adapter.params(),
         "valid_perplexity_base": base_loss.exp(),
         "valid_perplexity_tuned": tuned_loss.exp(),
@@ -506,4 +604,54 @@ pub fn train_adapter(
     std::fs::create_dir_all(dir)?;
     adapter.save(&dir.join(ADAPTER_FILE), &metrics)?;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(sentences: &[&str]) -> Vec<String> {
+        sentences.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn novel_order_puts_stock_phrases_and_self_repetition_last() {
+        let targets = [
+            t(&["I loved it.", "It was great."]),
+            t(&["Great acting, great acting and great acting."]),
+            t(&["Tom Hanks moved me to tears in the last scene."]),
+            t(&["I loved it!", "It was great!"]),
+            t(&[]),
+            t(&["The score by John Williams still gives me chills."]),
+        ];
+        let refs: Vec<&[String]> = targets.iter().map(Vec::as_slice).collect();
+        // 0, 2 and 5 are all new (share 1): the earliest first, then the others by index; 1 repeats
+        // "great acting" (share 4/6 of its pairs are new: "great acting" counts once); 3 says what 0
+        // said (share 0); the empty target comes last.
+        assert_eq!(novel_order(&refs, 10), vec![0, 2, 5, 1, 3, 4]);
+        assert_eq!(novel_order(&refs, 2), vec![0, 2]);
+        assert_eq!(novel_order(&refs, 0), Vec::<usize>::new());
+        // The share falls as others are chosen: once 0 is in, 3 (the same words) adds nothing.
+        assert_eq!(novel_order(&refs[..4], 4), vec![0, 2, 1, 3]);
+    }
+
+    #[test]
+    fn distinct_pairs_count_each_pair_once() {
+        let a = t(&["I loved it.", "It was great."]);
+        let b = t(&["I LOVED it!"]);
+        // "i loved", "loved it", "it was", "was great": 4 distinct pairs over 2 targets.
+        assert_eq!(distinct_pairs_per_target(&[a.as_slice(), b.as_slice()]), 2.0);
+        assert_eq!(distinct_pairs_per_target(&[]), 0.0);
+    }
+
+    #[test]
+    fn selection_key_defaults_to_random_and_stays_out_of_the_fingerprint() {
+        let c = FinetuneConfig::default();
+        assert_eq!(c.select, SampleSelection::Random);
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(v.get("select").is_none(), "the default must not change old adapters' fingerprints");
+        let novel: FinetuneConfig = toml::from_str("select = \"novel\"").unwrap();
+        assert_eq!(novel.select, SampleSelection::Novel);
+        assert!(toml::from_str::<FinetuneConfig>("select = \"best\"").is_err());
+    }
 }
