@@ -140,7 +140,7 @@ pub fn explain(o: &TurnOutput) -> String {
         }
     }
     if let Some(x) = o.turn.ext.get("explain") {
-        s.push_str(&why(x));
+        s.push_str(&why(x, &o.turn.candidates));
     }
     for p in &o.turn.passages {
         s.push_str(&format!("   passage ({}): {}\n", p.source, p.text));
@@ -165,34 +165,109 @@ pub fn explain(o: &TurnOutput) -> String {
 
 /// Why the recommender ranked as it did: the context entities with the most
 /// attention (and the user's emotions towards them), and the local/global shares.
-fn why(x: &serde_json::Value) -> String {
-    let mut slots: Vec<(f64, String)> = x["slots"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    let att =
-                        s["local_attention"].as_f64().unwrap_or(0.0) + s["global_attention"].as_f64().unwrap_or(0.0);
-                    let emo: Vec<String> = s["emotions"]
-                        .as_array()
-                        .map(|e| {
-                            e.iter().filter_map(|p| Some(format!("{} {:.2}", p[0].as_str()?, p[1].as_f64()?))).collect()
-                        })
-                        .unwrap_or_default();
-                    let emo = if emo.is_empty() { String::new() } else { format!(" (felt: {})", emo.join(", ")) };
-                    (att, format!("{}{emo}", s["name"].as_str().unwrap_or("?")))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    slots.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let top: Vec<String> = slots.iter().take(3).map(|(a, n)| format!("{n} {:.0}%", a * 100.0)).collect();
+fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
+    let slots = x["slots"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let felt = |slot: &serde_json::Value| -> String {
+        let emo: Vec<String> = slot["emotions"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|p| Some(format!("{} {:.2}", p[0].as_str()?, p[1].as_f64()?))).collect())
+            .unwrap_or_default();
+        if emo.is_empty() { String::new() } else { format!(", felt: {}", emo.join(", ")) }
+    };
     let mut s = String::new();
-    if !top.is_empty() {
-        s.push_str(&format!("   why: attention on {}\n", top.join("; ")));
+    // How each top item's score is made: the context entities' parts (exact), then the rest.
+    let items = x["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (item, c) in items.iter().zip(candidates).take(3) {
+        let mut parts: Vec<&serde_json::Value> =
+            item["parts"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+        parts.sort_by(|a, b| {
+            b["score"].as_f64().unwrap_or(0.0).abs().total_cmp(&a["score"].as_f64().unwrap_or(0.0).abs())
+        });
+        let top: Vec<String> = parts
+            .iter()
+            .take(3)
+            .filter_map(|p| {
+                let slot = slots.get(p["slot"].as_u64()? as usize)?;
+                let emotions = p["emotions"].as_f64()?;
+                let emo = if emotions.abs() >= 0.005 {
+                    format!(" (emotions {emotions:+.2}{})", felt(slot))
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "{} [{}] {:+.2}{emo}",
+                    slot["name"].as_str()?,
+                    p["branch"].as_str()?,
+                    p["score"].as_f64()?
+                ))
+            })
+            .collect();
+        let f = |k: &str| item[k].as_f64().unwrap_or(0.0);
+        s.push_str(&format!(
+            "   why {} ({:.2}): {}\n     local {:+.2}, global {:+.2} (emotions {:+.2}), dialogue text and biases {:+.2}\n",
+            c.name,
+            c.score,
+            if top.is_empty() { "no context entities".to_string() } else { top.join("; ") },
+            f("local"),
+            f("global"),
+            f("emotions"),
+            f("rest"),
+        ));
     }
-    if let (Some(l), Some(g)) = (x["local_share"].as_f64(), x["global_share"].as_f64()) {
-        s.push_str(&format!("   branches: local {:.0}%, global {:.0}%\n", l * 100.0, g * 100.0));
+    let mut att: Vec<(f64, String)> = slots
+        .iter()
+        .map(|slot| {
+            let a = slot["local_attention"].as_f64().unwrap_or(0.0) + slot["global_attention"].as_f64().unwrap_or(0.0);
+            (a, format!("{}{}", slot["name"].as_str().unwrap_or("?"), felt(slot)))
+        })
+        .collect();
+    att.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let top: Vec<String> = att.iter().take(3).map(|(a, n)| format!("{n} {:.0}%", a * 100.0)).collect();
+    if !top.is_empty() {
+        s.push_str(&format!("   attention: {}", top.join("; ")));
+        if let (Some(l), Some(g)) = (x["local_share"].as_f64(), x["global_share"].as_f64()) {
+            s.push_str(&format!(" (local {:.0}%, global {:.0}%)", l * 100.0, g * 100.0));
+        }
+        s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn why_names_the_parts_of_each_top_score_largest_first() {
+        let x = serde_json::json!({
+            "slots": [
+                { "name": "The Avengers (2012)", "emotions": [["like", 0.9]], "local_attention": 0.3, "global_attention": 0.2 },
+                { "name": "Thor (2011)", "emotions": [], "local_attention": 0.1, "global_attention": 0.4 },
+            ],
+            "local_share": 0.4, "global_share": 0.6,
+            "items": [{
+                "item": 7, "score": 5.0,
+                "parts": [
+                    { "slot": 0, "branch": "local", "score": 0.2, "emotions": 0.0 },
+                    { "slot": 1, "branch": "local", "score": -0.9, "emotions": 0.0 },
+                    { "slot": 0, "branch": "global", "score": 1.5, "emotions": 0.25 },
+                ],
+                "local": -0.7, "global": 1.5, "emotions": 0.25, "rest": 4.2,
+            }],
+        });
+        let c = [ecr::Candidate { item: 7, name: "Wonder Woman (2017)".into(), score: 5.0 }];
+        let s = why(&x, &c);
+        assert!(
+            s.contains(
+                "why Wonder Woman (2017) (5.00): The Avengers (2012) [global] +1.50 (emotions +0.25, felt: like 0.90); Thor (2011) [local] -0.90; The Avengers (2012) [local] +0.20\n"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("local -0.70, global +1.50 (emotions +0.25), dialogue text and biases +4.20"), "{s}");
+        assert!(
+            s.contains("attention: The Avengers (2012), felt: like 0.90 50%; Thor (2011) 50% (local 40%, global 60%)"),
+            "{s}"
+        );
+        assert_eq!(why(&serde_json::json!({}), &[]), "", "nothing to explain, nothing printed");
+    }
 }

@@ -415,6 +415,16 @@ impl Linear {
     pub fn params(&self) -> usize {
         self.w.elem_count() + self.b.as_ref().map_or(0, Tensor::elem_count)
     }
+
+    /// The weight `(in, out)`: `forward(x) = x · w + b`.
+    pub fn weight(&self) -> &Tensor {
+        &self.w
+    }
+
+    /// The bias `(out)`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.b.as_ref()
+    }
 }
 
 /// Total number of scalar parameters in `varmap`.

@@ -113,6 +113,52 @@ pub struct Attention {
     pub global: Vec<f32>,
 }
 
+/// One turn's scores, attention, and the attribution of its top items ([`Recommender::explain`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    /// Score of every item, in the item set's order.
+    pub scores: Vec<f32>,
+    /// Attention over the slots (local then global).
+    pub alpha: Vec<f32>,
+    /// The top items, best first.
+    pub top: Vec<ItemAttribution>,
+}
+
+/// How one item's score is made: a part per context slot plus the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemAttribution {
+    /// The item's index in the item set.
+    pub item: usize,
+    /// Its score: the slots' parts plus `rest`.
+    pub score: f32,
+    /// Per slot, local then global (as the attention's slots).
+    pub slots: Vec<SlotPart>,
+    /// The text summary's part and the biases.
+    pub rest: f32,
+}
+
+/// The part of an item's score that came through one slot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlotPart {
+    /// All of it.
+    pub total: f32,
+    /// What the emotion fusion added to the slot (0 without emotions or with a fusion that
+    /// learned to ignore them).
+    pub emotions: f32,
+}
+
+/// The user representation `h (B, d)`, the attention over the slots, the rows of the entity table
+/// the batch selected (the items first), the slots after (`seq`) and before (`plain`) the emotion
+/// fusion `(B, S, d)`, and the text summary.
+struct User {
+    h: Tensor,
+    alpha: Tensor,
+    sel: Tensor,
+    seq: Tensor,
+    plain: Tensor,
+    summary: Option<Tensor>,
+}
+
 /// The recommender model.
 pub struct Recommender {
     cfg: ModelConfig,
@@ -308,22 +354,80 @@ impl Recommender {
     /// Scores `(B, items)` of a batch given the entity table `e` and the text
     /// table `(rows, text_dim)` (row 0 = padding), with the attention weights over slots `(B, 2L or L)`.
     pub fn forward(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor)> {
-        let (h, alpha, sel) = self.user(e, text, x)?;
-        let items = sel.narrow(0, 0, self.item_ids.len())?;
-        let scores = h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?;
-        Ok((scores, alpha))
+        let u = self.user(e, text, x)?;
+        Ok((self.scores(&u)?, u.alpha))
+    }
+
+    /// The scores `(B, items)` of a user representation.
+    fn scores(&self, u: &User) -> Result<Tensor> {
+        let items = u.sel.narrow(0, 0, self.item_ids.len())?;
+        Ok(u.h.matmul(&items.t()?)?.broadcast_add(&self.item_bias)?)
     }
 
     /// Scores `(B, N)` of a batch over every KG entity (no item bias): ECR's pre-training
     /// (§3.8) ranks all entities and movies a turn mentions.
     pub fn forward_entities(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<Tensor> {
-        let (h, _, _) = self.user(e, text, x)?;
-        Ok(h.matmul(&e.t()?)?)
+        let u = self.user(e, text, x)?;
+        Ok(u.h.matmul(&e.t()?)?)
     }
 
-    /// The user representation `(B, d)`, the attention over slots, and the rows of `e` the batch
-    /// selected (the items first).
-    fn user(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<(Tensor, Tensor, Tensor)> {
+    /// One turn's scores (a batch of one) and, for its `top` best items, how much of each item's
+    /// score came through each context slot and, of that, through the user's emotions.
+    ///
+    /// The score is linear in the attention-pooled slots: `h = pooled · P + r` with `P` the
+    /// output layer's block for the pooled part (plus the identity without text), so item `j`'s
+    /// score is `Σ_i α_i (s_i · P) · e_j + (r · e_j + b_j)`: slot `i`'s part is exact, not
+    /// estimated. Its emotion part is the same with `s_i` minus the slot's representation before
+    /// the emotion fusion (the fusion MLP's output). The rest is the text summary and the biases.
+    pub fn explain(&self, e: &Tensor, text: &Tensor, x: &Batch, top: usize) -> Result<Explained> {
+        if x.b != 1 {
+            return Err(crate::error::NeuralError::Invalid(format!("explain takes one turn, not {}", x.b)));
+        }
+        let d = self.cfg.dim;
+        let u = self.user(e, text, x)?;
+        let scores = self.scores(&u)?.squeeze(0)?.to_vec1::<f32>()?;
+        let alpha = u.alpha.squeeze(0)?;
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        order.truncate(top);
+        let w = self.out.weight();
+        // The pooled slots' block of the output layer; without text the layer is residual.
+        let p = if self.branches.text { w.narrow(0, 0, d)? } else { (w + Tensor::eye(d, DType::F32, &self.device)?)? };
+        let mut r = match self.out.bias() {
+            Some(b) => b.unsqueeze(0)?,
+            None => Tensor::zeros((1, d), DType::F32, &self.device)?,
+        };
+        if let Some(s) = &u.summary {
+            r = (r + s.matmul(&w.narrow(0, d, d)?)?)?;
+        }
+        let idx = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), &self.device)?;
+        let items = u.sel.narrow(0, 0, self.item_ids.len())?.index_select(&idx, 0)?;
+        let part = |v: &Tensor| -> Result<Vec<Vec<f32>>> {
+            let v = v.squeeze(0)?.matmul(&p)?.broadcast_mul(&alpha.unsqueeze(1)?)?;
+            Ok(items.matmul(&v.t()?)?.to_vec2::<f32>()?)
+        };
+        let total = part(&u.seq)?;
+        let emotions = part(&(&u.seq - &u.plain)?)?;
+        let rest = (items.matmul(&r.t()?)?.squeeze(1)? + self.item_bias.index_select(&idx, 0)?)?.to_vec1::<f32>()?;
+        let top = order
+            .iter()
+            .enumerate()
+            .map(|(k, &item)| ItemAttribution {
+                item,
+                score: scores[item],
+                slots: total[k]
+                    .iter()
+                    .zip(&emotions[k])
+                    .map(|(&total, &emotions)| SlotPart { total, emotions })
+                    .collect(),
+                rest: rest[k],
+            })
+            .collect();
+        Ok(Explained { scores, alpha: alpha.to_vec1::<f32>()?, top })
+    }
+
+    /// The user representation and what it was made of.
+    fn user(&self, e: &Tensor, text: &Tensor, x: &Batch) -> Result<User> {
         let d = self.cfg.dim;
         let (b, l) = (x.b, x.l);
         let n_items = self.item_ids.len();
@@ -367,6 +471,8 @@ impl Recommender {
             }
         };
         let q_loc = fuse(&self.fuse, &z)?;
+        // The slots before the emotion fusion, for explanations.
+        let mut plain = z;
         let (seq, seq_mask) = if self.gfuse.is_some() {
             let g = if x.glob_count > 0 {
                 let rows = sel.narrow(0, n_items + b * l, x.glob_count)?.broadcast_mul(&x.glob_w)?;
@@ -374,7 +480,9 @@ impl Recommender {
             } else {
                 Tensor::zeros((b * l, d), DType::F32, &self.device)?
             };
-            let q_glob = fuse(&self.gfuse, &g.reshape((b, l, d))?)?;
+            let g = g.reshape((b, l, d))?;
+            let q_glob = fuse(&self.gfuse, &g)?;
+            plain = Tensor::cat(&[&plain, &g], 1)?;
             (Tensor::cat(&[&q_loc, &q_glob], 1)?, Tensor::cat(&[&x.mask, &x.glob_mask], 1)?)
         } else {
             (q_loc, x.mask.clone())
@@ -402,7 +510,7 @@ impl Recommender {
             Some(s) => self.out.forward(&Tensor::cat(&[&pooled, s], 1)?)?,
             None => (self.out.forward(&pooled)? + &pooled)?,
         };
-        Ok((h, alpha, sel))
+        Ok(User { h, alpha, sel, seq, plain, summary })
     }
 
     /// Split a row of the attention weights into local and global slot weights.

@@ -1,6 +1,8 @@
 //! The `recommender` stage: scores the item set for a turn and writes the top
-//! items into `turn.candidates`, with explanation data in `turn.ext.explain`
-//! (attention over the context entities, local/global shares, their emotions).
+//! items into `turn.candidates`, with explanation data in `turn.ext.explain`:
+//! the context entities with their emotions and attention, and per top item its
+//! score split into each entity's local and global parts, their emotion parts
+//! and the rest ([`super::model::Recommender::explain`]).
 //!
 //! The branches come from the recipe: the emotion table exists when an
 //! earlier enabled stage writes `local_emotions`, the global branch when one
@@ -8,7 +10,7 @@
 //! trainable ([`super::trainer::RecTrainer`]).
 
 use super::features::features_of;
-use super::model::Recommender;
+use super::model::{ItemAttribution, Recommender, SlotPart};
 use super::{Branches, ModelConfig};
 use crate::cache::{EmbeddingCache, embed_cached};
 use crate::checkpoint::{self, CheckpointMeta};
@@ -242,23 +244,16 @@ impl Stage for RecommenderStage {
         };
         let row = |t: &str| rows.iter().position(|r| r == t).map_or(0, |i| i as u32 + 1);
         let batch = self.model.batch(&[&f], &row)?;
-        let (scores, alpha) = self.model.forward(&self.entities, &table, &batch)?;
-        let scores = scores.squeeze(0)?.to_vec1::<f32>()?;
-        let alpha = alpha.squeeze(0)?.to_vec1::<f32>()?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let x = self.model.explain(&self.entities, &table, &batch, c.top_k)?;
         let items = self.model.items();
-        turn.candidates = order
+        let name = |e: u32| self.names.name(e).unwrap_or("?").to_string();
+        turn.candidates = x
+            .top
             .iter()
-            .take(c.top_k)
-            .map(|&i| Candidate {
-                item: items[i],
-                name: self.names.name(items[i]).unwrap_or("?").to_string(),
-                score: scores[i],
-            })
+            .map(|t| Candidate { item: items[t.item], name: name(items[t.item]), score: t.score })
             .collect();
         let l = f.slots.len().max(1);
-        let att = self.model.attention(&alpha, f.slots.len(), l);
+        let att = self.model.attention(&x.alpha, f.slots.len(), l);
         let slots: Vec<serde_json::Value> = f
             .slots
             .iter()
@@ -266,7 +261,7 @@ impl Stage for RecommenderStage {
             .map(|(j, s)| {
                 serde_json::json!({
                     "entity": s.entity,
-                    "name": self.names.name(s.entity).unwrap_or("?"),
+                    "name": name(s.entity),
                     "emotions": s.emotions.iter().map(|(e, p)| (ecr_engine::Emotion::from_index(*e).map_or("pad", |x| x.name()), p)).collect::<Vec<_>>(),
                     "local_attention": att.local.get(j),
                     "global_attention": att.global.get(j),
@@ -277,10 +272,33 @@ impl Stage for RecommenderStage {
         let global: f32 = att.global.iter().sum();
         turn.ext.insert(
             "explain".into(),
-            serde_json::json!({ "slots": slots, "local_share": local, "global_share": global }),
+            serde_json::json!({
+                "slots": slots,
+                "local_share": local,
+                "global_share": global,
+                "items": x.top.iter().map(|t| item_explanation(t, f.slots.len(), l)).collect::<Vec<_>>(),
+            }),
         );
         Ok(())
     }
+}
+
+/// One top item's score split into its slots' parts (`slot` indexes `explain.slots`; the global
+/// branch's part of a slot is listed apart) and the rest, for `ext.explain.items`.
+fn item_explanation(t: &ItemAttribution, slots: usize, l: usize) -> serde_json::Value {
+    let part = |j: usize, branch: &str, p: &SlotPart| serde_json::json!({ "slot": j, "branch": branch, "score": p.total, "emotions": p.emotions });
+    let local = t.slots.iter().take(slots).enumerate().map(|(j, p)| part(j, "local", p));
+    let global = t.slots.iter().skip(l).take(slots).enumerate().map(|(j, p)| part(j, "global", p));
+    let sum = |r: std::ops::Range<usize>| t.slots.get(r).map_or(0.0, |s| s.iter().map(|p| p.total).sum::<f32>());
+    serde_json::json!({
+        "item": t.item,
+        "score": t.score,
+        "parts": local.chain(global).collect::<Vec<_>>(),
+        "local": sum(0..slots.min(t.slots.len())),
+        "global": sum(l..(l + slots).min(t.slots.len())),
+        "emotions": t.slots.iter().map(|p| p.emotions).sum::<f32>(),
+        "rest": t.rest,
+    })
 }
 
 /// The factory of `recommender`.

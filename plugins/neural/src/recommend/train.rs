@@ -442,6 +442,55 @@ mod tests {
         assert_ne!(scores(FusionInit::Random, &liked), scores(FusionInit::Random, &sad));
     }
 
+    /// `explain` splits each top item's score into its slots' parts and the rest (text summary and
+    /// biases, computed from the layers, not as a remainder): they add up to the score; the
+    /// emotions' part is zero for a zero-initialised fusion and not for a random one.
+    #[test]
+    fn explanations_add_up_to_each_top_score() {
+        use crate::recommend::FusionInit;
+        let g = kg();
+        let table = Tensor::new(&[[0f32, 0., 0.], [1., 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
+        let mut turn = split(2).turns.remove(0);
+        turn.slots.push(Slot { entity: 6, emotions: vec![(4, 0.7)], related: vec![(7, 0.5), (5, 0.25)] });
+        for text in [true, false] {
+            for init in [FusionInit::Random, FusionInit::Zero] {
+                let branches = Branches { text, emotions: true, global: true, reweight: false };
+                let cfg = ModelConfig {
+                    dim: 8,
+                    emotion_dim: 4,
+                    bases: 2,
+                    max_entities: 4,
+                    max_utterances: 2,
+                    fusion_init: init,
+                };
+                let vm = VarMap::new();
+                let mut p = Params::new(&vm, &Device::Cpu, 5);
+                let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
+                let batch = model.batch(&[&turn], &|t| if t == "u0" { 1 } else { 2 }).unwrap();
+                let e = model.entity_table().unwrap();
+                let x = model.explain(&e, &table, &batch, 3).unwrap();
+                let (scores, alpha) = model.forward(&e, &table, &batch).unwrap();
+                assert_eq!(x.scores, scores.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+                assert_eq!(x.alpha, alpha.squeeze(0).unwrap().to_vec1::<f32>().unwrap());
+                assert_eq!(x.top.len(), 3);
+                let mut best = x.scores.clone();
+                best.sort_by(|a, b| b.total_cmp(a));
+                for (t, want) in x.top.iter().zip(&best) {
+                    assert_eq!(t.score, *want, "best first");
+                    assert_eq!(t.slots.len(), 4, "two local and two global slots");
+                    let sum: f32 = t.slots.iter().map(|p| p.total).sum::<f32>() + t.rest;
+                    assert!((sum - t.score).abs() < 1e-4, "text {text}, {init:?}: {sum} vs {}", t.score);
+                    assert!(t.slots.iter().any(|p| p.total.abs() > 1e-3), "the slots move the score");
+                    let emotions = t.slots.iter().map(|p| p.emotions.abs()).sum::<f32>();
+                    match init {
+                        FusionInit::Zero => assert_eq!(emotions, 0.0),
+                        FusionInit::Random => assert!(emotions > 1e-4, "{emotions}"),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn model_without_the_global_branch_is_smaller_and_still_trains() {
         let full = Branches { text: true, emotions: true, global: true, reweight: true };
