@@ -231,11 +231,15 @@ impl DenseLlama {
     ) -> Result<Tensor> {
         check_target(tokens, from)?;
         let hidden = self.hidden(&tokens[..tokens.len() - 1], adapter, dropout)?;
-        self.loss_of(&hidden, tokens, from)
+        self.loss_of(&hidden, tokens, from, 0.0)
     }
 
     /// [`DenseLlama::target_loss`] from `residual`, the residual stream (`(T − 1) × d`) of all
-    /// tokens but the last as it enters [`DenseLlama::first_layer`].
+    /// tokens but the last as it enters [`DenseLlama::first_layer`], plus `unlikelihood` times
+    /// the token-level unlikelihood loss of Welleck et al. (2019): at each target position,
+    /// `−log(1 − p(c))` summed over the tokens `c` earlier in the target but the one due there
+    /// ([`repeat_candidates`]), averaged over the positions. It teaches the model not to say
+    /// again what it already said; 0 leaves the cross-entropy alone.
     pub fn target_loss_from(
         &self,
         residual: Tensor,
@@ -243,6 +247,7 @@ impl DenseLlama {
         from: usize,
         adapter: Option<&Adapter>,
         dropout: Option<&mut SplitMix>,
+        unlikelihood: f64,
     ) -> Result<Tensor> {
         check_target(tokens, from)?;
         if residual.dims2()? != (tokens.len() - 1, self.cfg.d_model) {
@@ -255,16 +260,46 @@ impl DenseLlama {
             )));
         }
         let hidden = self.hidden_from(residual, adapter, dropout)?;
-        self.loss_of(&hidden, tokens, from)
+        self.loss_of(&hidden, tokens, from, unlikelihood)
     }
 
-    fn loss_of(&self, hidden: &Tensor, tokens: &[u32], from: usize) -> Result<Tensor> {
+    fn loss_of(&self, hidden: &Tensor, tokens: &[u32], from: usize, unlikelihood: f64) -> Result<Tensor> {
         let positions: Vec<u32> = (from as u32 - 1..tokens.len() as u32 - 1).collect();
         let logits = self.logits_at(hidden, &positions)?;
-        let targets = Tensor::from_vec(tokens[from..].to_vec(), tokens.len() - from, &Device::Cpu)?;
+        let target = &tokens[from..];
+        let targets = Tensor::from_vec(target.to_vec(), target.len(), &Device::Cpu)?;
         let logp = log_softmax(&logits)?;
-        Ok(logp.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg()?)
+        let mle = logp.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
+        let vocab = logits.dim(1)?;
+        if target.len().saturating_mul(vocab) > u32::MAX as usize {
+            return Err(LlmError::Invalid(format!("a target of {} tokens is too long to score", target.len())));
+        }
+        let flat = repeat_candidates(target, vocab);
+        if unlikelihood == 0.0 || flat.is_empty() {
+            return Ok(mle);
+        }
+        let idx = Tensor::from_vec(flat.clone(), flat.len(), &Device::Cpu)?;
+        let p = logp.flatten_all()?.index_select(&idx, 0)?.exp()?;
+        // −log(1 − p), with 1 − p kept away from 0 so that a certain repeat costs a finite amount.
+        let ul = (p.neg()? + 1.0)?.clamp(1e-6f32, 1.0f32)?.log()?.sum_all()?.neg()?;
+        Ok((mle + (ul * (unlikelihood / target.len() as f64))?)?)
     }
+}
+
+/// The (position, token) pairs the unlikelihood loss pushes down for `target`, as flat indices
+/// `t · vocab + c` into the target's `len × vocab` logits: at each position `t`, every distinct
+/// token of `target[..t]` but `target[t]` (Welleck et al.'s "previous context" candidates,
+/// restricted to the target: the prompt's words are the model's to repeat).
+pub fn repeat_candidates(target: &[u32], vocab: usize) -> Vec<u32> {
+    let mut seen: Vec<u32> = Vec::new();
+    let mut out = Vec::new();
+    for (t, &y) in target.iter().enumerate() {
+        out.extend(seen.iter().filter(|&&c| c != y && (c as usize) < vocab).map(|&c| (t * vocab) as u32 + c));
+        if !seen.contains(&y) {
+            seen.push(y);
+        }
+    }
+    out
 }
 
 fn check_target(tokens: &[u32], from: usize) -> Result<()> {
@@ -282,4 +317,18 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1)?.detach();
     let z = x.broadcast_sub(&m)?;
     Ok(z.broadcast_sub(&z.exp()?.sum_keepdim(D::Minus1)?.log()?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlikelihood_candidates_are_the_earlier_target_tokens_but_the_due_one() {
+        // Target "a b a c" over a vocabulary of 10: nothing before position 0; at 1, a; at 2 (a
+        // is due), b only; at 3, a and b.
+        assert_eq!(repeat_candidates(&[1, 2, 1, 3], 10), vec![10 + 1, 20 + 2, 30 + 1, 30 + 2]);
+        assert_eq!(repeat_candidates(&[4, 4, 4], 10), Vec::<u32>::new(), "a token due again is not pushed down");
+        assert_eq!(repeat_candidates(&[], 10), Vec::<u32>::new());
+    }
 }

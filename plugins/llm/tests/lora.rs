@@ -182,7 +182,16 @@ fn the_top_layers_from_the_fast_decoders_residual_match_the_whole_model() {
     assert_eq!(first, 24);
     let residual = fast.residual_before(&ids[..ids.len() - 1], first).unwrap();
     let residual = Tensor::from_vec(residual, (ids.len() - 1, 576), &candle_core::Device::Cpu).unwrap();
-    let split = top.target_loss_from(residual, &ids, from, Some(&adapter), None).unwrap().to_scalar::<f32>().unwrap();
+    let split = top
+        .target_loss_from(residual.clone(), &ids, from, Some(&adapter), None, 0.0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    // The unlikelihood term adds a positive, finite cost: the target's earlier tokens have some
+    // probability at its later positions.
+    let with_ul =
+        top.target_loss_from(residual, &ids, from, Some(&adapter), None, 1.0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(with_ul.is_finite() && with_ul > split + 1e-4, "unlikelihood {with_ul} vs cross-entropy {split}");
     let whole = dense().target_loss(&ids, from, Some(&adapter), None).unwrap().to_scalar::<f32>().unwrap();
     let base = dense().target_loss(&ids, from, None, None).unwrap().to_scalar::<f32>().unwrap();
     assert!((split - whole).abs() < 0.05 * whole.abs().max(1.0), "split {split} vs whole {whole}");
@@ -206,7 +215,7 @@ fn probe_step_time() {
             let r = fast.residual_before(&ids[..ids.len() - 1], first).unwrap();
             let t0 = t.elapsed();
             let r = Tensor::from_vec(r, (ids.len() - 1, 576), &candle_core::Device::Cpu).unwrap();
-            let l = top.target_loss_from(r, &ids, 160, Some(&adapter), None).unwrap();
+            let l = top.target_loss_from(r, &ids, 160, Some(&adapter), None, 0.0).unwrap();
             let t1 = t.elapsed();
             let _ = l.backward().unwrap();
             eprintln!("layers {layers} step {i}: residual {t0:?} fwd {t1:?} total {:?}", t.elapsed());

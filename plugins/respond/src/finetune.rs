@@ -90,6 +90,12 @@ pub struct FinetuneConfig {
     /// How the `max_samples` training samples are drawn from the reviews.
     #[serde(skip_serializing_if = "SampleSelection::is_random")]
     pub select: SampleSelection,
+    /// Weight of the token-level unlikelihood loss on the target's own earlier tokens (Welleck et
+    /// al., 2019; their value 1.0), added to the training loss: the adapter learns not to say
+    /// again what its answer already said. 0: cross-entropy only (ECR). Selection and perplexity
+    /// use the cross-entropy alone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unlikelihood: f64,
 }
 
 /// How the training samples are drawn.
@@ -172,6 +178,7 @@ impl Default for FinetuneConfig {
             knowledge: PromptKnowledge::Review,
             drop_unsupported: false,
             select: SampleSelection::Random,
+            unlikelihood: 0.0,
         }
     }
 }
@@ -445,14 +452,16 @@ struct Tuning<'a> {
     valid: &'a [Encoded],
     dropout: SplitMix,
     d: usize,
+    unlikelihood: f64,
 }
 
 impl Tuning<'_> {
-    fn loss_of(&mut self, e: &Encoded, drop: bool) -> ecr_neural::Result<Tensor> {
+    /// The loss of `e`: training (dropout and the unlikelihood term) or held-out (cross-entropy).
+    fn loss_of(&mut self, e: &Encoded, training: bool) -> ecr_neural::Result<Tensor> {
         let r = Tensor::from_vec(e.residual.clone(), (e.tokens.len() - 1, self.d), &Device::Cpu)?;
-        let dropout = if drop { Some(&mut self.dropout) } else { None };
+        let (dropout, unlikelihood) = if training { (Some(&mut self.dropout), self.unlikelihood) } else { (None, 0.0) };
         self.dense
-            .target_loss_from(r, &e.tokens, e.from, Some(self.adapter), dropout)
+            .target_loss_from(r, &e.tokens, e.from, Some(self.adapter), dropout, unlikelihood)
             .map_err(|e| ecr_neural::NeuralError::Invalid(e.to_string()))
     }
 
@@ -582,6 +591,7 @@ pub fn train_adapter(
         valid: &valid,
         dropout: SplitMix::new(config.train.seed),
         d: cfg.d_model,
+        unlikelihood: config.unlikelihood,
     };
     let base_loss = objective.valid_loss()?;
     let report = fit(&varmap, &mut objective, &config.train, "generator adapter", progress)?;
@@ -645,11 +655,15 @@ mod tests {
     }
 
     #[test]
-    fn selection_key_defaults_to_random_and_stays_out_of_the_fingerprint() {
+    fn new_keys_default_to_ecr_and_stay_out_of_the_fingerprint() {
         let c = FinetuneConfig::default();
-        assert_eq!(c.select, SampleSelection::Random);
+        assert_eq!((c.select, c.unlikelihood), (SampleSelection::Random, 0.0));
         let v = serde_json::to_value(&c).unwrap();
-        assert!(v.get("select").is_none(), "the default must not change old adapters' fingerprints");
+        for key in ["select", "unlikelihood"] {
+            assert!(v.get(key).is_none(), "{key}: the default must not change old adapters' fingerprints");
+        }
+        let ul: FinetuneConfig = toml::from_str("unlikelihood = 1.0").unwrap();
+        assert_eq!(serde_json::to_value(&ul).unwrap()["unlikelihood"], 1.0);
         let novel: FinetuneConfig = toml::from_str("select = \"novel\"").unwrap();
         assert_eq!(novel.select, SampleSelection::Novel);
         assert!(toml::from_str::<FinetuneConfig>("select = \"best\"").is_err());
