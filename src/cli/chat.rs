@@ -178,28 +178,32 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
     // How each top item's score is made: the context entities' parts (exact), then the rest.
     let items = x["items"].as_array().map(Vec::as_slice).unwrap_or_default();
     for (item, c) in items.iter().zip(candidates).take(3) {
-        let mut parts: Vec<&serde_json::Value> =
-            item["parts"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
-        parts.sort_by(|a, b| {
-            b["score"].as_f64().unwrap_or(0.0).abs().total_cmp(&a["score"].as_f64().unwrap_or(0.0).abs())
-        });
+        // An entity mentioned twice fills two slots: its parts are summed, per branch.
+        let mut parts: Vec<(String, String, f64, f64, String)> = Vec::new();
+        for p in item["parts"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let Some(slot) = p["slot"].as_u64().and_then(|j| slots.get(j as usize)) else { continue };
+            let name = slot["name"].as_str().unwrap_or("?").to_string();
+            let branch = p["branch"].as_str().unwrap_or("?").to_string();
+            let (score, emotions) = (p["score"].as_f64().unwrap_or(0.0), p["emotions"].as_f64().unwrap_or(0.0));
+            match parts.iter_mut().find(|q| q.0 == name && q.1 == branch) {
+                Some(q) => {
+                    q.2 += score;
+                    q.3 += emotions;
+                    if q.4.is_empty() {
+                        q.4 = felt(slot);
+                    }
+                }
+                None => parts.push((name, branch, score, emotions, felt(slot))),
+            }
+        }
+        parts.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
         let top: Vec<String> = parts
             .iter()
             .take(3)
-            .filter_map(|p| {
-                let slot = slots.get(p["slot"].as_u64()? as usize)?;
-                let emotions = p["emotions"].as_f64()?;
-                let emo = if emotions.abs() >= 0.005 {
-                    format!(" (emotions {emotions:+.2}{})", felt(slot))
-                } else {
-                    String::new()
-                };
-                Some(format!(
-                    "{} [{}] {:+.2}{emo}",
-                    slot["name"].as_str()?,
-                    p["branch"].as_str()?,
-                    p["score"].as_f64()?
-                ))
+            .map(|(name, branch, score, emotions, felt)| {
+                let emo =
+                    if emotions.abs() >= 0.005 { format!(" (emotions {emotions:+.2}{felt})") } else { String::new() };
+                format!("{name} [{branch}] {score:+.2}{emo}")
             })
             .collect();
         let f = |k: &str| item[k].as_f64().unwrap_or(0.0);
@@ -214,15 +218,23 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
             f("rest"),
         ));
     }
-    let mut att: Vec<(f64, String)> = slots
-        .iter()
-        .map(|slot| {
-            let a = slot["local_attention"].as_f64().unwrap_or(0.0) + slot["global_attention"].as_f64().unwrap_or(0.0);
-            (a, format!("{}{}", slot["name"].as_str().unwrap_or("?"), felt(slot)))
-        })
-        .collect();
+    // Attention per entity (its slots summed), shown with the emotions of its first slot that has some.
+    let mut att: Vec<(f64, String, String)> = Vec::new();
+    for slot in slots {
+        let a = slot["local_attention"].as_f64().unwrap_or(0.0) + slot["global_attention"].as_f64().unwrap_or(0.0);
+        let name = slot["name"].as_str().unwrap_or("?").to_string();
+        match att.iter_mut().find(|q| q.1 == name) {
+            Some(q) => {
+                q.0 += a;
+                if q.2.is_empty() {
+                    q.2 = felt(slot);
+                }
+            }
+            None => att.push((a, name, felt(slot))),
+        }
+    }
     att.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let top: Vec<String> = att.iter().take(3).map(|(a, n)| format!("{n} {:.0}%", a * 100.0)).collect();
+    let top: Vec<String> = att.iter().take(3).map(|(a, n, felt)| format!("{n}{felt} {:.0}%", a * 100.0)).collect();
     if !top.is_empty() {
         s.push_str(&format!("   attention: {}", top.join("; ")));
         if let (Some(l), Some(g)) = (x["local_share"].as_f64(), x["global_share"].as_f64()) {
@@ -243,13 +255,15 @@ mod tests {
             "slots": [
                 { "name": "The Avengers (2012)", "emotions": [["like", 0.9]], "local_attention": 0.3, "global_attention": 0.2 },
                 { "name": "Thor (2011)", "emotions": [], "local_attention": 0.1, "global_attention": 0.4 },
+                { "name": "Thor (2011)", "emotions": [], "local_attention": 0.0, "global_attention": 0.0 },
             ],
             "local_share": 0.4, "global_share": 0.6,
             "items": [{
                 "item": 7, "score": 5.0,
                 "parts": [
                     { "slot": 0, "branch": "local", "score": 0.2, "emotions": 0.0 },
-                    { "slot": 1, "branch": "local", "score": -0.9, "emotions": 0.0 },
+                    { "slot": 1, "branch": "local", "score": -0.5, "emotions": 0.0 },
+                    { "slot": 2, "branch": "local", "score": -0.4, "emotions": 0.0 },
                     { "slot": 0, "branch": "global", "score": 1.5, "emotions": 0.25 },
                 ],
                 "local": -0.7, "global": 1.5, "emotions": 0.25, "rest": 4.2,
