@@ -208,14 +208,15 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
             .collect();
         let f = |k: &str| item[k].as_f64().unwrap_or(0.0);
         s.push_str(&format!(
-            "   why {} ({:.2}): {}\n     local {:+.2}, global {:+.2} (emotions {:+.2}), dialogue text and biases {:+.2}\n",
+            "   why {} ({:.2}): {}\n     local {:+.2}, global {:+.2} (emotions {:+.2}), dialogue text {:+.2}, biases {:+.2}\n",
             c.name,
             c.score,
             if top.is_empty() { "no context entities".to_string() } else { top.join("; ") },
             f("local"),
             f("global"),
             f("emotions"),
-            f("rest"),
+            f("text"),
+            f("bias"),
         ));
     }
     // Attention per entity (its slots summed), shown with the emotions of its first slot that has some.
@@ -266,7 +267,7 @@ mod tests {
                     { "slot": 2, "branch": "local", "score": -0.4, "emotions": 0.0 },
                     { "slot": 0, "branch": "global", "score": 1.5, "emotions": 0.25 },
                 ],
-                "local": -0.7, "global": 1.5, "emotions": 0.25, "rest": 4.2,
+                "local": -0.7, "global": 1.5, "emotions": 0.25, "text": 1.2, "bias": 3.0,
             }],
         });
         let c = [ecr::Candidate { item: 7, name: "Wonder Woman (2017)".into(), score: 5.0 }];
@@ -277,7 +278,7 @@ mod tests {
             ),
             "{s}"
         );
-        assert!(s.contains("local -0.70, global +1.50 (emotions +0.25), dialogue text and biases +4.20"), "{s}");
+        assert!(s.contains("local -0.70, global +1.50 (emotions +0.25), dialogue text +1.20, biases +3.00"), "{s}");
         assert!(
             s.contains("attention: The Avengers (2012), felt: like 0.90 50%; Thor (2011) 50% (local 40%, global 60%)"),
             "{s}"

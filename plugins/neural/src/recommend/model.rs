@@ -129,12 +129,15 @@ pub struct Explained {
 pub struct ItemAttribution {
     /// The item's index in the item set.
     pub item: usize,
-    /// Its score: the slots' parts plus `rest`.
+    /// Its score: the slots' parts plus `text` plus `bias`.
     pub score: f32,
     /// Per slot, local then global (as the attention's slots).
     pub slots: Vec<SlotPart>,
-    /// The text summary's part and the biases.
-    pub rest: f32,
+    /// The dialogue text summary's part (0 without text).
+    pub text: f32,
+    /// What does not depend on the dialogue: the item's own bias and the output layer's bias
+    /// against the item (a popularity prior).
+    pub bias: f32,
 }
 
 /// The part of an item's score that came through one slot.
@@ -378,8 +381,26 @@ impl Recommender {
     /// output layer's block for the pooled part (plus the identity without text), so item `j`'s
     /// score is `Σ_i α_i (s_i · P) · e_j + (r · e_j + b_j)`: slot `i`'s part is exact, not
     /// estimated. Its emotion part is the same with `s_i` minus the slot's representation before
-    /// the emotion fusion (the fusion MLP's output). The rest is the text summary and the biases.
+    /// the emotion fusion (the fusion MLP's output). The rest is the text summary's part and the
+    /// biases.
     pub fn explain(&self, e: &Tensor, text: &Tensor, x: &Batch, top: usize) -> Result<Explained> {
+        self.explain_items(e, text, x, &|scores| {
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+            order.truncate(top);
+            order
+        })
+    }
+
+    /// [`Recommender::explain`] for the items `pick` chooses from the scores (indices into the
+    /// item set), in its order.
+    pub fn explain_items(
+        &self,
+        e: &Tensor,
+        text: &Tensor,
+        x: &Batch,
+        pick: &dyn Fn(&[f32]) -> Vec<usize>,
+    ) -> Result<Explained> {
         if x.b != 1 {
             return Err(crate::error::NeuralError::Invalid(format!("explain takes one turn, not {}", x.b)));
         }
@@ -387,19 +408,20 @@ impl Recommender {
         let u = self.user(e, text, x)?;
         let scores = self.scores(&u)?.squeeze(0)?.to_vec1::<f32>()?;
         let alpha = u.alpha.squeeze(0)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        order.truncate(top);
+        let order = pick(&scores);
+        if let Some(bad) = order.iter().find(|&&i| i >= scores.len()) {
+            return Err(crate::error::NeuralError::Invalid(format!("explain: no item {bad} of {}", scores.len())));
+        }
+        if order.is_empty() {
+            return Ok(Explained { scores, alpha: alpha.to_vec1::<f32>()?, top: vec![] });
+        }
         let w = self.out.weight();
         // The pooled slots' block of the output layer; without text the layer is residual.
         let p = if self.branches.text { w.narrow(0, 0, d)? } else { (w + Tensor::eye(d, DType::F32, &self.device)?)? };
-        let mut r = match self.out.bias() {
+        let r = match self.out.bias() {
             Some(b) => b.unsqueeze(0)?,
             None => Tensor::zeros((1, d), DType::F32, &self.device)?,
         };
-        if let Some(s) = &u.summary {
-            r = (r + s.matmul(&w.narrow(0, d, d)?)?)?;
-        }
         let idx = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), &self.device)?;
         let items = u.sel.narrow(0, 0, self.item_ids.len())?.index_select(&idx, 0)?;
         let part = |v: &Tensor| -> Result<Vec<Vec<f32>>> {
@@ -408,7 +430,11 @@ impl Recommender {
         };
         let total = part(&u.seq)?;
         let emotions = part(&(&u.seq - &u.plain)?)?;
-        let rest = (items.matmul(&r.t()?)?.squeeze(1)? + self.item_bias.index_select(&idx, 0)?)?.to_vec1::<f32>()?;
+        let bias = (items.matmul(&r.t()?)?.squeeze(1)? + self.item_bias.index_select(&idx, 0)?)?.to_vec1::<f32>()?;
+        let text = match &u.summary {
+            Some(s) => items.matmul(&s.matmul(&w.narrow(0, d, d)?)?.t()?)?.squeeze(1)?.to_vec1::<f32>()?,
+            None => vec![0.0; order.len()],
+        };
         let top = order
             .iter()
             .enumerate()
@@ -420,7 +446,8 @@ impl Recommender {
                     .zip(&emotions[k])
                     .map(|(&total, &emotions)| SlotPart { total, emotions })
                     .collect(),
-                rest: rest[k],
+                text: text[k],
+                bias: bias[k],
             })
             .collect();
         Ok(Explained { scores, alpha: alpha.to_vec1::<f32>()?, top })

@@ -1,8 +1,8 @@
 //! The `recommender` stage: scores the item set for a turn and writes the top
 //! items into `turn.candidates`, with explanation data in `turn.ext.explain`:
 //! the context entities with their emotions and attention, and per top item its
-//! score split into each entity's local and global parts, their emotion parts
-//! and the rest ([`super::model::Recommender::explain`]).
+//! score split into each entity's local and global parts, their emotion parts,
+//! the text part and the biases ([`super::model::Recommender::explain`]).
 //!
 //! The branches come from the recipe: the emotion table exists when an
 //! earlier enabled stage writes `local_emotions`, the global branch when one
@@ -284,7 +284,7 @@ impl Stage for RecommenderStage {
 }
 
 /// One top item's score split into its slots' parts (`slot` indexes `explain.slots`; the global
-/// branch's part of a slot is listed apart) and the rest, for `ext.explain.items`.
+/// branch's part of a slot is listed apart), the text's part and the biases, for `ext.explain.items`.
 fn item_explanation(t: &ItemAttribution, slots: usize, l: usize) -> serde_json::Value {
     let part = |j: usize, branch: &str, p: &SlotPart| serde_json::json!({ "slot": j, "branch": branch, "score": p.total, "emotions": p.emotions });
     let local = t.slots.iter().take(slots).enumerate().map(|(j, p)| part(j, "local", p));
@@ -297,7 +297,8 @@ fn item_explanation(t: &ItemAttribution, slots: usize, l: usize) -> serde_json::
         "local": sum(0..slots.min(t.slots.len())),
         "global": sum(l..(l + slots).min(t.slots.len())),
         "emotions": t.slots.iter().map(|p| p.emotions).sum::<f32>(),
-        "rest": t.rest,
+        "text": t.text,
+        "bias": t.bias,
     })
 }
 

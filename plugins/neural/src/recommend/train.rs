@@ -151,6 +151,40 @@ pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) ->
     Ok(out)
 }
 
+/// Where the scores of `split`'s examples come from, on average over the examples
+/// ([`Recommender::explain`]): for the gold item and for the turn's top item, the mean part of its
+/// score from the local slots, from the global slots, from the emotion fusion (within those two),
+/// from the dialogue text's summary and from the biases, and the mean score. One turn at a time.
+pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<serde_json::Value> {
+    let e = model.entity_table()?.detach();
+    let global = model.branches().global;
+    // [local, global, emotions, text, bias, score] of the gold, then of the top item.
+    let mut sums = [[0f64; 6]; 2];
+    for x in &split.examples {
+        let batch = model.batch(&[&split.turns[x.turn]], &|t| text.row(t))?;
+        let gold = x.gold;
+        let top1 = |s: &[f32]| (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a))).unwrap_or(0);
+        let ex = model.explain_items(&e, &text.table, &batch, &|s| vec![gold, top1(s)])?;
+        for (sum, t) in sums.iter_mut().zip(&ex.top) {
+            let l = if global { t.slots.len() / 2 } else { t.slots.len() };
+            let local: f32 = t.slots[..l].iter().map(|p| p.total).sum();
+            let glob: f32 = t.slots[l..].iter().map(|p| p.total).sum();
+            let emotions: f32 = t.slots.iter().map(|p| p.emotions).sum();
+            for (s, v) in sum.iter_mut().zip([local, glob, emotions, t.text, t.bias, t.score]) {
+                *s += v as f64;
+            }
+        }
+    }
+    let n = split.examples.len().max(1) as f64;
+    let row = |s: &[f64; 6]| {
+        serde_json::json!({
+            "local": s[0] / n, "global": s[1] / n, "emotions": s[2] / n, "text": s[3] / n, "bias": s[4] / n,
+            "score": s[5] / n,
+        })
+    };
+    Ok(serde_json::json!({ "gold": row(&sums[0]), "top1": row(&sums[1]), "n": split.examples.len() }))
+}
+
 /// The weighted cross-entropy of ECR (§3.7): `mean_i m_i · CE(s_i, y_i)`.
 pub fn weighted_ce(scores: &Tensor, gold: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(scores, D::Minus1)?;
@@ -478,7 +512,8 @@ mod tests {
                 for (t, want) in x.top.iter().zip(&best) {
                     assert_eq!(t.score, *want, "best first");
                     assert_eq!(t.slots.len(), 4, "two local and two global slots");
-                    let sum: f32 = t.slots.iter().map(|p| p.total).sum::<f32>() + t.rest;
+                    let sum: f32 = t.slots.iter().map(|p| p.total).sum::<f32>() + t.text + t.bias;
+                    assert_eq!(t.text == 0.0, !text, "the text's part exists with the text branch only");
                     assert!((sum - t.score).abs() < 1e-4, "text {text}, {init:?}: {sum} vs {}", t.score);
                     assert!(t.slots.iter().any(|p| p.total.abs() > 1e-3), "the slots move the score");
                     let emotions = t.slots.iter().map(|p| p.emotions.abs()).sum::<f32>();
@@ -487,6 +522,18 @@ mod tests {
                         FusionInit::Random => assert!(emotions > 1e-4, "{emotions}"),
                     }
                 }
+                // Over a split: the mean parts of the gold's and of the top item's scores add up to
+                // their mean scores, and the top item scores at least as high as the gold.
+                let rows: HashMap<String, u32> = [("u0".to_string(), 1), ("u1".to_string(), 2)].into();
+                let text_table = TextTable { table: table.clone(), rows };
+                let sum = explanation_summary(&model, &split(8), &text_table).unwrap();
+                for who in ["gold", "top1"] {
+                    let r = &sum[who];
+                    let parts = ["local", "global", "text", "bias"].iter().map(|k| r[k].as_f64().unwrap()).sum::<f64>();
+                    assert!((parts - r["score"].as_f64().unwrap()).abs() < 1e-4, "{who}: {sum}");
+                }
+                assert!(sum["top1"]["score"].as_f64().unwrap() >= sum["gold"]["score"].as_f64().unwrap());
+                assert_eq!(sum["n"], 8);
             }
         }
     }

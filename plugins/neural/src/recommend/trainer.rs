@@ -17,6 +17,7 @@ use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
 use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{
     GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate, examples_from,
+    explanation_summary,
 };
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::fit::{Params, fit, param_count};
@@ -262,6 +263,7 @@ impl RecTrainer {
         let mut v = serde_json::to_value(&m)?;
         v["n"] = data.test.examples.len().into();
         v["instances"] = instances.display().to_string().into();
+        v["explanation"] = explanation_summary(model, &data.test, text)?;
         v["baselines"] = serde_json::json!({
             "popularity": base(&|_| pop.clone()),
             "repeat_mentioned": base(&|m| repeat_scores(&pop, m)),
