@@ -73,6 +73,16 @@ pub struct ModelConfig {
     /// default, so that checkpoints trained before the key existed keep their fingerprint.
     #[serde(skip_serializing_if = "FusionInit::is_random")]
     pub fusion_init: FusionInit,
+    /// With text: the dialogue's pooled summary joins the user representation (the default). With
+    /// `false`, the text reaches the scores only through the entities (their attention over the
+    /// utterances) and the user query that weighs them, so it cannot lift an item by itself.
+    /// Left out of the serialisation at its default.
+    #[serde(skip_serializing_if = "is_true")]
+    pub text_summary: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The start of the fusion MLPs that add the emotions to an entity (`v + MLP([v, u])`).
@@ -103,6 +113,7 @@ impl Default for ModelConfig {
             max_entities: 32,
             max_utterances: 8,
             fusion_init: FusionInit::Random,
+            text_summary: true,
         }
     }
 }

@@ -246,7 +246,8 @@ impl Recommender {
         };
         let gfuse = if branches.global { Some(mlp(p, "fuse.global", d + dm, d, cfg.fusion_init)?) } else { None };
         let query0 = p.uniform("user.query", &[d], 0.1)?;
-        let out = p.linear("user.out", if branches.text { 2 * d } else { d }, d, true)?;
+        let joins = branches.text && cfg.text_summary;
+        let out = p.linear("user.out", if joins { 2 * d } else { d }, d, true)?;
         let item_bias = p.constant("items.bias", &[items.len()], 0.0)?;
         Ok(Recommender {
             cfg,
@@ -417,7 +418,7 @@ impl Recommender {
         }
         let w = self.out.weight();
         // The pooled slots' block of the output layer; without text the layer is residual.
-        let p = if self.branches.text { w.narrow(0, 0, d)? } else { (w + Tensor::eye(d, DType::F32, &self.device)?)? };
+        let p = if u.summary.is_some() { w.narrow(0, 0, d)? } else { (w + Tensor::eye(d, DType::F32, &self.device)?)? };
         let r = match self.out.bias() {
             Some(b) => b.unsqueeze(0)?,
             None => Tensor::zeros((1, d), DType::F32, &self.device)?,
@@ -533,6 +534,8 @@ impl Recommender {
         let any = seq_mask.max_keepdim(1)?;
         let alpha = alpha.broadcast_mul(&any)?;
         let pooled = alpha.unsqueeze(1)?.matmul(&seq)?.squeeze(1)?;
+        // The summary joins the user representation unless the recipe keeps it to the query.
+        let summary = summary.filter(|_| self.cfg.text_summary);
         let h = match &summary {
             Some(s) => self.out.forward(&Tensor::cat(&[&pooled, s], 1)?)?,
             None => (self.out.forward(&pooled)? + &pooled)?,

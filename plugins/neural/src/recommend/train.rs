@@ -324,10 +324,16 @@ impl Objective for PretrainObjective<'_> {
 mod tests {
     use super::*;
     use crate::fit::{FitConfig, Params, fit, param_count};
+    use crate::recommend::FusionInit;
     use crate::recommend::features::Slot;
     use candle_nn::VarMap;
     use ecr_data::Kg;
     use ecr_engine::Role;
+
+    /// The tests' small model.
+    fn tiny(fusion_init: FusionInit, text_summary: bool) -> ModelConfig {
+        ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, fusion_init, text_summary }
+    }
 
     fn kg() -> Kg {
         let uris: Vec<String> = (0..8).map(|i| format!("<http://dbpedia.org/resource/E{i}>")).collect();
@@ -354,8 +360,7 @@ mod tests {
 
     fn train(branches: Branches, weights: &dyn Fn(Feedback) -> f32) -> (usize, BTreeMap<String, f64>) {
         let g = kg();
-        let cfg =
-            ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, ..Default::default() };
+        let cfg = tiny(FusionInit::Random, true);
         let vm = VarMap::new();
         let mut p = Params::new(&vm, &Device::Cpu, 5);
         let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
@@ -396,8 +401,7 @@ mod tests {
     #[test]
     fn pre_training_ranks_the_entities_a_turn_mentions_then_recommendation_training_goes_on() {
         let g = kg();
-        let cfg =
-            ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, ..Default::default() };
+        let cfg = tiny(FusionInit::Random, true);
         let branches = Branches { text: true, emotions: true, global: true, reweight: false };
         let rows: HashMap<String, u32> = [("u0".to_string(), 1), ("u1".to_string(), 2)].into();
         let table = Tensor::new(&[[0f32, 0., 0.], [1., 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
@@ -448,7 +452,6 @@ mod tests {
     /// its representation without emotions); Glorot-initialised fusion makes them count at once.
     #[test]
     fn zero_initialised_fusion_starts_deaf_to_the_emotions() {
-        use crate::recommend::FusionInit;
         use candle_core::DType;
         let g = kg();
         let branches = Branches { text: false, emotions: true, global: false, reweight: false };
@@ -461,8 +464,7 @@ mod tests {
             t
         };
         let scores = |init: FusionInit, turns: &[Features]| {
-            let cfg =
-                ModelConfig { dim: 8, emotion_dim: 4, bases: 2, max_entities: 4, max_utterances: 2, fusion_init: init };
+            let cfg = tiny(init, true);
             let vm = VarMap::new();
             let mut p = Params::new(&vm, &Device::Cpu, 5);
             let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
@@ -481,22 +483,16 @@ mod tests {
     /// emotions' part is zero for a zero-initialised fusion and not for a random one.
     #[test]
     fn explanations_add_up_to_each_top_score() {
-        use crate::recommend::FusionInit;
         let g = kg();
         let table = Tensor::new(&[[0f32, 0., 0.], [1., 0., 0.], [0., 1., 0.]], &Device::Cpu).unwrap();
         let mut turn = split(2).turns.remove(0);
         turn.slots.push(Slot { entity: 6, emotions: vec![(4, 0.7)], related: vec![(7, 0.5), (5, 0.25)] });
-        for text in [true, false] {
+        // With the text summary in the user representation, with the text kept to the entities and
+        // the query (`text_summary = false`), and without text.
+        for (text, text_summary) in [(true, true), (true, false), (false, true)] {
             for init in [FusionInit::Random, FusionInit::Zero] {
                 let branches = Branches { text, emotions: true, global: true, reweight: false };
-                let cfg = ModelConfig {
-                    dim: 8,
-                    emotion_dim: 4,
-                    bases: 2,
-                    max_entities: 4,
-                    max_utterances: 2,
-                    fusion_init: init,
-                };
+                let cfg = tiny(init, text_summary);
                 let vm = VarMap::new();
                 let mut p = Params::new(&vm, &Device::Cpu, 5);
                 let model = Recommender::new(&mut p, &g, &[0, 1, 2, 3], cfg, branches, 3).unwrap();
@@ -513,7 +509,7 @@ mod tests {
                     assert_eq!(t.score, *want, "best first");
                     assert_eq!(t.slots.len(), 4, "two local and two global slots");
                     let sum: f32 = t.slots.iter().map(|p| p.total).sum::<f32>() + t.text + t.bias;
-                    assert_eq!(t.text == 0.0, !text, "the text's part exists with the text branch only");
+                    assert_eq!(t.text == 0.0, !(text && text_summary), "a text part only where the summary joins");
                     assert!((sum - t.score).abs() < 1e-4, "text {text}, {init:?}: {sum} vs {}", t.score);
                     assert!(t.slots.iter().any(|p| p.total.abs() > 1e-3), "the slots move the score");
                     let emotions = t.slots.iter().map(|p| p.emotions.abs()).sum::<f32>();
