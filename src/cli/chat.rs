@@ -163,8 +163,31 @@ pub fn explain(o: &TurnOutput) -> String {
     s
 }
 
-/// Why the recommender ranked as it did: the context entities with the most
-/// attention (and the user's emotions towards them), and the local/global shares.
+/// One line of `why`: a context entity (and branch) with its summed values and the user's
+/// emotions towards it (those of its first slot that has some).
+struct Merged {
+    label: String,
+    values: [f64; 2],
+    felt: String,
+}
+
+/// Add `values` to the entry labelled `label`, or start one.
+fn merge(list: &mut Vec<Merged>, label: String, values: [f64; 2], felt: String) {
+    match list.iter_mut().find(|m| m.label == label) {
+        Some(m) => {
+            m.values[0] += values[0];
+            m.values[1] += values[1];
+            if m.felt.is_empty() {
+                m.felt = felt;
+            }
+        }
+        None => list.push(Merged { label, values, felt }),
+    }
+}
+
+/// Why the recommender ranked as it did: for the top three items, the context entities whose
+/// parts of the score are largest (with the emotion fusion's part) and the score's other parts;
+/// then the entities with the most attention and the local/global shares.
 fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
     let slots = x["slots"].as_array().map(Vec::as_slice).unwrap_or_default();
     let felt = |slot: &serde_json::Value| -> String {
@@ -179,31 +202,25 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
     let items = x["items"].as_array().map(Vec::as_slice).unwrap_or_default();
     for (item, c) in items.iter().zip(candidates).take(3) {
         // An entity mentioned twice fills two slots: its parts are summed, per branch.
-        let mut parts: Vec<(String, String, f64, f64, String)> = Vec::new();
+        let mut parts: Vec<Merged> = Vec::new();
         for p in item["parts"].as_array().map(Vec::as_slice).unwrap_or_default() {
             let Some(slot) = p["slot"].as_u64().and_then(|j| slots.get(j as usize)) else { continue };
-            let name = slot["name"].as_str().unwrap_or("?").to_string();
-            let branch = p["branch"].as_str().unwrap_or("?").to_string();
-            let (score, emotions) = (p["score"].as_f64().unwrap_or(0.0), p["emotions"].as_f64().unwrap_or(0.0));
-            match parts.iter_mut().find(|q| q.0 == name && q.1 == branch) {
-                Some(q) => {
-                    q.2 += score;
-                    q.3 += emotions;
-                    if q.4.is_empty() {
-                        q.4 = felt(slot);
-                    }
-                }
-                None => parts.push((name, branch, score, emotions, felt(slot))),
-            }
+            let label = format!("{} [{}]", slot["name"].as_str().unwrap_or("?"), p["branch"].as_str().unwrap_or("?"));
+            let values = [p["score"].as_f64().unwrap_or(0.0), p["emotions"].as_f64().unwrap_or(0.0)];
+            merge(&mut parts, label, values, felt(slot));
         }
-        parts.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+        parts.sort_by(|a, b| b.values[0].abs().total_cmp(&a.values[0].abs()));
         let top: Vec<String> = parts
             .iter()
             .take(3)
-            .map(|(name, branch, score, emotions, felt)| {
-                let emo =
-                    if emotions.abs() >= 0.005 { format!(" (emotions {emotions:+.2}{felt})") } else { String::new() };
-                format!("{name} [{branch}] {score:+.2}{emo}")
+            .map(|m| {
+                let [score, emotions] = m.values;
+                let emo = if emotions.abs() >= 0.005 {
+                    format!(" (emotions {emotions:+.2}{})", m.felt)
+                } else {
+                    String::new()
+                };
+                format!("{} {score:+.2}{emo}", m.label)
             })
             .collect();
         let f = |k: &str| item[k].as_f64().unwrap_or(0.0);
@@ -219,23 +236,15 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
             f("bias"),
         ));
     }
-    // Attention per entity (its slots summed), shown with the emotions of its first slot that has some.
-    let mut att: Vec<(f64, String, String)> = Vec::new();
+    // Attention per entity (its slots summed).
+    let mut att: Vec<Merged> = Vec::new();
     for slot in slots {
         let a = slot["local_attention"].as_f64().unwrap_or(0.0) + slot["global_attention"].as_f64().unwrap_or(0.0);
-        let name = slot["name"].as_str().unwrap_or("?").to_string();
-        match att.iter_mut().find(|q| q.1 == name) {
-            Some(q) => {
-                q.0 += a;
-                if q.2.is_empty() {
-                    q.2 = felt(slot);
-                }
-            }
-            None => att.push((a, name, felt(slot))),
-        }
+        merge(&mut att, slot["name"].as_str().unwrap_or("?").to_string(), [a, 0.0], felt(slot));
     }
-    att.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let top: Vec<String> = att.iter().take(3).map(|(a, n, felt)| format!("{n}{felt} {:.0}%", a * 100.0)).collect();
+    att.sort_by(|a, b| b.values[0].total_cmp(&a.values[0]));
+    let top: Vec<String> =
+        att.iter().take(3).map(|m| format!("{}{} {:.0}%", m.label, m.felt, m.values[0] * 100.0)).collect();
     if !top.is_empty() {
         s.push_str(&format!("   attention: {}", top.join("; ")));
         if let (Some(l), Some(g)) = (x["local_share"].as_f64(), x["global_share"].as_f64()) {

@@ -131,13 +131,32 @@ pub struct ItemAttribution {
     pub item: usize,
     /// Its score: the slots' parts plus `text` plus `bias`.
     pub score: f32,
-    /// Per slot, local then global (as the attention's slots).
-    pub slots: Vec<SlotPart>,
+    /// Per local slot (as the features' slots, padded to the batch's slot count).
+    pub local: Vec<SlotPart>,
+    /// Per global slot, in the same order (empty without the global branch).
+    pub global: Vec<SlotPart>,
     /// The dialogue text summary's part (0 without text).
     pub text: f32,
     /// What does not depend on the dialogue: the item's own bias and the output layer's bias
     /// against the item (a popularity prior).
     pub bias: f32,
+}
+
+impl ItemAttribution {
+    /// The local slots' parts, summed.
+    pub fn local_total(&self) -> f32 {
+        self.local.iter().map(|p| p.total).sum()
+    }
+
+    /// The global slots' parts, summed.
+    pub fn global_total(&self) -> f32 {
+        self.global.iter().map(|p| p.total).sum()
+    }
+
+    /// What the emotion fusion added, over all slots.
+    pub fn emotions_total(&self) -> f32 {
+        self.local.iter().chain(&self.global).map(|p| p.emotions).sum()
+    }
 }
 
 /// The part of an item's score that came through one slot.
@@ -439,16 +458,12 @@ impl Recommender {
         let top = order
             .iter()
             .enumerate()
-            .map(|(k, &item)| ItemAttribution {
-                item,
-                score: scores[item],
-                slots: total[k]
-                    .iter()
-                    .zip(&emotions[k])
-                    .map(|(&total, &emotions)| SlotPart { total, emotions })
-                    .collect(),
-                text: text[k],
-                bias: bias[k],
+            .map(|(k, &item)| {
+                let mut slots: Vec<SlotPart> =
+                    total[k].iter().zip(&emotions[k]).map(|(&total, &emotions)| SlotPart { total, emotions }).collect();
+                // The sequence is the local slots then, with the global branch, as many global ones.
+                let global = slots.split_off(x.l.min(slots.len()));
+                ItemAttribution { item, score: scores[item], local: slots, global, text: text[k], bias: bias[k] }
             })
             .collect();
         Ok(Explained { scores, alpha: alpha.to_vec1::<f32>()?, top })

@@ -276,27 +276,27 @@ impl Stage for RecommenderStage {
                 "slots": slots,
                 "local_share": local,
                 "global_share": global,
-                "items": x.top.iter().map(|t| item_explanation(t, f.slots.len(), l)).collect::<Vec<_>>(),
+                "items": x.top.iter().map(|t| item_explanation(t, f.slots.len())).collect::<Vec<_>>(),
             }),
         );
         Ok(())
     }
 }
 
-/// One top item's score split into its slots' parts (`slot` indexes `explain.slots`; the global
-/// branch's part of a slot is listed apart), the text's part and the biases, for `ext.explain.items`.
-fn item_explanation(t: &ItemAttribution, slots: usize, l: usize) -> serde_json::Value {
+/// One top item's score split into its slots' parts (`slot` indexes `explain.slots`, the padding
+/// slots left out; the global branch's part of a slot is listed apart), the text's part and the
+/// biases, for `ext.explain.items`.
+fn item_explanation(t: &ItemAttribution, slots: usize) -> serde_json::Value {
     let part = |j: usize, branch: &str, p: &SlotPart| serde_json::json!({ "slot": j, "branch": branch, "score": p.total, "emotions": p.emotions });
-    let local = t.slots.iter().take(slots).enumerate().map(|(j, p)| part(j, "local", p));
-    let global = t.slots.iter().skip(l).take(slots).enumerate().map(|(j, p)| part(j, "global", p));
-    let sum = |r: std::ops::Range<usize>| t.slots.get(r).map_or(0.0, |s| s.iter().map(|p| p.total).sum::<f32>());
+    let local = t.local.iter().take(slots).enumerate().map(|(j, p)| part(j, "local", p));
+    let global = t.global.iter().take(slots).enumerate().map(|(j, p)| part(j, "global", p));
     serde_json::json!({
         "item": t.item,
         "score": t.score,
         "parts": local.chain(global).collect::<Vec<_>>(),
-        "local": sum(0..slots.min(t.slots.len())),
-        "global": sum(l..(l + slots).min(t.slots.len())),
-        "emotions": t.slots.iter().map(|p| p.emotions).sum::<f32>(),
+        "local": t.local_total(),
+        "global": t.global_total(),
+        "emotions": t.emotions_total(),
         "text": t.text,
         "bias": t.bias,
     })

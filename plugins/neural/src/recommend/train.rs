@@ -157,7 +157,6 @@ pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) ->
 /// from the dialogue text's summary and from the biases, and the mean score. One turn at a time.
 pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<serde_json::Value> {
     let e = model.entity_table()?.detach();
-    let global = model.branches().global;
     // [local, global, emotions, text, bias, score] of the gold, then of the top item.
     let mut sums = [[0f64; 6]; 2];
     for x in &split.examples {
@@ -166,11 +165,8 @@ pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &Te
         let top1 = |s: &[f32]| (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a))).unwrap_or(0);
         let ex = model.explain_items(&e, &text.table, &batch, &|s| vec![gold, top1(s)])?;
         for (sum, t) in sums.iter_mut().zip(&ex.top) {
-            let l = if global { t.slots.len() / 2 } else { t.slots.len() };
-            let local: f32 = t.slots[..l].iter().map(|p| p.total).sum();
-            let glob: f32 = t.slots[l..].iter().map(|p| p.total).sum();
-            let emotions: f32 = t.slots.iter().map(|p| p.emotions).sum();
-            for (s, v) in sum.iter_mut().zip([local, glob, emotions, t.text, t.bias, t.score]) {
+            let parts = [t.local_total(), t.global_total(), t.emotions_total(), t.text, t.bias, t.score];
+            for (s, v) in sum.iter_mut().zip(parts) {
                 *s += v as f64;
             }
         }
@@ -507,12 +503,13 @@ mod tests {
                 best.sort_by(|a, b| b.total_cmp(a));
                 for (t, want) in x.top.iter().zip(&best) {
                     assert_eq!(t.score, *want, "best first");
-                    assert_eq!(t.slots.len(), 4, "two local and two global slots");
-                    let sum: f32 = t.slots.iter().map(|p| p.total).sum::<f32>() + t.text + t.bias;
+                    assert_eq!((t.local.len(), t.global.len()), (2, 2), "two local and two global slots");
+                    let sum: f32 = t.local_total() + t.global_total() + t.text + t.bias;
                     assert_eq!(t.text == 0.0, !(text && text_summary), "a text part only where the summary joins");
                     assert!((sum - t.score).abs() < 1e-4, "text {text}, {init:?}: {sum} vs {}", t.score);
-                    assert!(t.slots.iter().any(|p| p.total.abs() > 1e-3), "the slots move the score");
-                    let emotions = t.slots.iter().map(|p| p.emotions.abs()).sum::<f32>();
+                    let slots = t.local.iter().chain(&t.global);
+                    assert!(slots.clone().any(|p| p.total.abs() > 1e-3), "the slots move the score");
+                    let emotions = slots.map(|p| p.emotions.abs()).sum::<f32>();
                     match init {
                         FusionInit::Zero => assert_eq!(emotions, 0.0),
                         FusionInit::Random => assert!(emotions > 1e-4, "{emotions}"),
