@@ -224,15 +224,16 @@ fn why(x: &serde_json::Value, candidates: &[ecr::Candidate]) -> String {
             })
             .collect();
         let f = |k: &str| item[k].as_f64().unwrap_or(0.0);
+        // A model whose text summary does not join the user representation has no text part.
+        let text = item["text"].as_f64().map(|t| format!(", dialogue text {t:+.2}")).unwrap_or_default();
         s.push_str(&format!(
-            "   why {} ({:.2}): {}\n     local {:+.2}, global {:+.2} (emotions {:+.2}), dialogue text {:+.2}, biases {:+.2}\n",
+            "   why {} ({:.2}): {}\n     local {:+.2}, global {:+.2} (emotions {:+.2}){text}, biases {:+.2}\n",
             c.name,
             c.score,
             if top.is_empty() { "no context entities".to_string() } else { top.join("; ") },
             f("local"),
             f("global"),
             f("emotions"),
-            f("text"),
             f("bias"),
         ));
     }
@@ -293,5 +294,10 @@ mod tests {
             "{s}"
         );
         assert_eq!(why(&serde_json::json!({}), &[]), "", "nothing to explain, nothing printed");
+        // Without a text part (text_summary = false) none is shown, not a zero.
+        let mut no_text = x.clone();
+        no_text["items"][0].as_object_mut().unwrap().remove("text");
+        let s = why(&no_text, &c);
+        assert!(s.contains("local -0.70, global +1.50 (emotions +0.25), biases +3.00"), "{s}");
     }
 }

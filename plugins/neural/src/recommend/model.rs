@@ -129,14 +129,15 @@ pub struct Explained {
 pub struct ItemAttribution {
     /// The item's index in the item set.
     pub item: usize,
-    /// Its score: the slots' parts plus `text` plus `bias`.
+    /// Its score: the slots' parts plus `text` (if any) plus `bias`.
     pub score: f32,
     /// Per local slot (as the features' slots, padded to the batch's slot count).
     pub local: Vec<SlotPart>,
     /// Per global slot, in the same order (empty without the global branch).
     pub global: Vec<SlotPart>,
-    /// The dialogue text summary's part (0 without text).
-    pub text: f32,
+    /// The dialogue text summary's part; `None` where the summary does not join the user
+    /// representation (no text, or `text_summary = false`).
+    pub text: Option<f32>,
     /// What does not depend on the dialogue: the item's own bias and the output layer's bias
     /// against the item (a popularity prior).
     pub bias: f32,
@@ -452,8 +453,8 @@ impl Recommender {
         let emotions = part(&(&u.seq - &u.plain)?)?;
         let bias = (items.matmul(&r.t()?)?.squeeze(1)? + self.item_bias.index_select(&idx, 0)?)?.to_vec1::<f32>()?;
         let text = match &u.summary {
-            Some(s) => items.matmul(&s.matmul(&w.narrow(0, d, d)?)?.t()?)?.squeeze(1)?.to_vec1::<f32>()?,
-            None => vec![0.0; order.len()],
+            Some(s) => Some(items.matmul(&s.matmul(&w.narrow(0, d, d)?)?.t()?)?.squeeze(1)?.to_vec1::<f32>()?),
+            None => None,
         };
         let top = order
             .iter()
@@ -463,7 +464,14 @@ impl Recommender {
                     total[k].iter().zip(&emotions[k]).map(|(&total, &emotions)| SlotPart { total, emotions }).collect();
                 // The sequence is the local slots then, with the global branch, as many global ones.
                 let global = slots.split_off(x.l.min(slots.len()));
-                ItemAttribution { item, score: scores[item], local: slots, global, text: text[k], bias: bias[k] }
+                ItemAttribution {
+                    item,
+                    score: scores[item],
+                    local: slots,
+                    global,
+                    text: text.as_ref().map(|t| t[k]),
+                    bias: bias[k],
+                }
             })
             .collect();
         Ok(Explained { scores, alpha: alpha.to_vec1::<f32>()?, top })

@@ -284,22 +284,25 @@ impl Stage for RecommenderStage {
 }
 
 /// One top item's score split into its slots' parts (`slot` indexes `explain.slots`, the padding
-/// slots left out; the global branch's part of a slot is listed apart), the text's part and the
-/// biases, for `ext.explain.items`.
+/// slots left out; the global branch's part of a slot is listed apart), the text's part (where
+/// the model has one) and the biases, for `ext.explain.items`.
 fn item_explanation(t: &ItemAttribution, slots: usize) -> serde_json::Value {
     let part = |j: usize, branch: &str, p: &SlotPart| serde_json::json!({ "slot": j, "branch": branch, "score": p.total, "emotions": p.emotions });
     let local = t.local.iter().take(slots).enumerate().map(|(j, p)| part(j, "local", p));
     let global = t.global.iter().take(slots).enumerate().map(|(j, p)| part(j, "global", p));
-    serde_json::json!({
+    let mut x = serde_json::json!({
         "item": t.item,
         "score": t.score,
         "parts": local.chain(global).collect::<Vec<_>>(),
         "local": t.local_total(),
         "global": t.global_total(),
         "emotions": t.emotions_total(),
-        "text": t.text,
         "bias": t.bias,
-    })
+    });
+    if let Some(text) = t.text {
+        x["text"] = text.into();
+    }
+    x
 }
 
 /// The factory of `recommender`.

@@ -159,13 +159,15 @@ pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &Te
     let e = model.entity_table()?.detach();
     // [local, global, emotions, text, bias, score] of the gold, then of the top item.
     let mut sums = [[0f64; 6]; 2];
+    let mut has_text = false;
     for x in &split.examples {
         let batch = model.batch(&[&split.turns[x.turn]], &|t| text.row(t))?;
         let gold = x.gold;
         let top1 = |s: &[f32]| (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a))).unwrap_or(0);
         let ex = model.explain_items(&e, &text.table, &batch, &|s| vec![gold, top1(s)])?;
         for (sum, t) in sums.iter_mut().zip(&ex.top) {
-            let parts = [t.local_total(), t.global_total(), t.emotions_total(), t.text, t.bias, t.score];
+            has_text |= t.text.is_some();
+            let parts = [t.local_total(), t.global_total(), t.emotions_total(), t.text.unwrap_or(0.0), t.bias, t.score];
             for (s, v) in sum.iter_mut().zip(parts) {
                 *s += v as f64;
             }
@@ -173,10 +175,14 @@ pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &Te
     }
     let n = split.examples.len().max(1) as f64;
     let row = |s: &[f64; 6]| {
-        serde_json::json!({
-            "local": s[0] / n, "global": s[1] / n, "emotions": s[2] / n, "text": s[3] / n, "bias": s[4] / n,
-            "score": s[5] / n,
-        })
+        let mut r = serde_json::json!({
+            "local": s[0] / n, "global": s[1] / n, "emotions": s[2] / n, "bias": s[4] / n, "score": s[5] / n,
+        });
+        // No text part at all where the summary does not join the user representation.
+        if has_text {
+            r["text"] = (s[3] / n).into();
+        }
+        r
     };
     Ok(serde_json::json!({ "gold": row(&sums[0]), "top1": row(&sums[1]), "n": split.examples.len() }))
 }
@@ -504,8 +510,8 @@ mod tests {
                 for (t, want) in x.top.iter().zip(&best) {
                     assert_eq!(t.score, *want, "best first");
                     assert_eq!((t.local.len(), t.global.len()), (2, 2), "two local and two global slots");
-                    let sum: f32 = t.local_total() + t.global_total() + t.text + t.bias;
-                    assert_eq!(t.text == 0.0, !(text && text_summary), "a text part only where the summary joins");
+                    let sum: f32 = t.local_total() + t.global_total() + t.text.unwrap_or(0.0) + t.bias;
+                    assert_eq!(t.text.is_some(), text && text_summary, "a text part only where the summary joins");
                     assert!((sum - t.score).abs() < 1e-4, "text {text}, {init:?}: {sum} vs {}", t.score);
                     let slots = t.local.iter().chain(&t.global);
                     assert!(slots.clone().any(|p| p.total.abs() > 1e-3), "the slots move the score");
@@ -522,7 +528,9 @@ mod tests {
                 let sum = explanation_summary(&model, &split(8), &text_table).unwrap();
                 for who in ["gold", "top1"] {
                     let r = &sum[who];
-                    let parts = ["local", "global", "text", "bias"].iter().map(|k| r[k].as_f64().unwrap()).sum::<f64>();
+                    assert_eq!(r.get("text").is_some(), text && text_summary, "{who}: {sum}");
+                    let parts =
+                        ["local", "global", "text", "bias"].iter().map(|k| r[k].as_f64().unwrap_or(0.0)).sum::<f64>();
                     assert!((parts - r["score"].as_f64().unwrap()).abs() < 1e-4, "{who}: {sum}");
                 }
                 assert!(sum["top1"]["score"].as_f64().unwrap() >= sum["gold"]["score"].as_f64().unwrap());
