@@ -188,10 +188,79 @@ pub fn repeat_scores(popularity: &[f32], mentioned_in_order: &[usize]) -> Vec<f3
     s
 }
 
+/// How concentrated a model's recommendations are over a split's turns, which the recall
+/// metrics do not show: a model can reach its recall by putting the same few popular movies
+/// first in most turns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Concentration {
+    /// Turns counted.
+    pub turns: usize,
+    /// How many turns each item is ranked first in.
+    top1: BTreeMap<usize, usize>,
+    /// The distinct items in any turn's top 10.
+    top10: std::collections::BTreeSet<usize>,
+}
+
+impl Concentration {
+    /// Count one turn's score row (one score per item; ties go to the lower index, as the
+    /// rankings do).
+    pub fn add(&mut self, scores: &[f32]) {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        let k = 10.min(order.len());
+        if k == 0 {
+            return;
+        }
+        order.select_nth_unstable_by(k - 1, |&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        order.truncate(k);
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        self.turns += 1;
+        *self.top1.entry(order[0]).or_default() += 1;
+        self.top10.extend(order);
+    }
+
+    /// `distinct_top1`, `distinct_top10`, `top1_share` (the share of turns whose first item is
+    /// the most frequent first item), `top1_item` (that item's index) and `turns`.
+    pub fn report(&self) -> serde_json::Value {
+        let (item, most) =
+            self.top1.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map_or((0, 0), |(&i, &n)| (i, n));
+        serde_json::json!({
+            "turns": self.turns,
+            "distinct_top1": self.top1.len(),
+            "distinct_top10": self.top10.len(),
+            "top1_share": most as f64 / self.turns.max(1) as f64,
+            "top1_item": item,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use Feedback::*;
+
+    #[test]
+    fn concentration_counts_first_items_and_the_top_ten() {
+        let mut c = Concentration::default();
+        // 12 items; the first turn ranks 11, 10, ..., 2 in its top 10 and 11 first.
+        let a: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        c.add(&a);
+        c.add(&a);
+        // The second kind of turn ranks 0 first, then 1..=9: items 0 and 1 join the top 10s.
+        let b: Vec<f32> = (0..12).map(|i| -(i as f32)).collect();
+        c.add(&b);
+        let r = c.report();
+        assert_eq!(r["turns"], 3);
+        assert_eq!(r["distinct_top1"], 2);
+        assert_eq!(r["distinct_top10"], 12);
+        assert_eq!(r["top1_item"], 11);
+        assert!((r["top1_share"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        // Ties: the lower index first.
+        let mut t = Concentration::default();
+        t.add(&[1.0, 1.0]);
+        assert_eq!(t.report()["top1_item"], 0);
+        assert_eq!(t.report()["distinct_top10"], 2);
+        assert_eq!(Concentration::default().report()["top1_share"], 0.0);
+    }
 
     #[test]
     fn ranks_and_new_items_filtering_by_hand() {

@@ -10,7 +10,7 @@
 //! inputs, as at inference.
 
 use super::features::{Features, features_of};
-use super::metrics::{Outcome, report};
+use super::metrics::{Concentration, Outcome, report};
 use super::model::Recommender;
 use super::{Branches, ModelConfig};
 use crate::cache::{EmbeddingCache, embed_cached};
@@ -149,6 +149,25 @@ pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) ->
         }
     }
     Ok(out)
+}
+
+/// How concentrated the model's recommendations are over `split`'s distinct turns
+/// ([`Concentration`]), each turn scored once.
+pub fn concentration(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<serde_json::Value> {
+    let e = model.entity_table()?.detach();
+    let mut turns: Vec<usize> = split.examples.iter().map(|x| x.turn).collect();
+    turns.sort_unstable();
+    turns.dedup();
+    let mut c = Concentration::default();
+    for chunk in turns.chunks(super::metrics::AUC_BATCH) {
+        let feats: Vec<&Features> = chunk.iter().map(|&t| &split.turns[t]).collect();
+        let batch = model.batch(&feats, &|t| text.row(t))?;
+        let (scores, _) = model.forward(&e, &text.table, &batch)?;
+        for row in scores.to_vec2::<f32>()? {
+            c.add(&row);
+        }
+    }
+    Ok(c.report())
 }
 
 /// Where the scores of `split`'s examples come from, on average over the examples
@@ -535,6 +554,13 @@ mod tests {
                 }
                 assert!(sum["top1"]["score"].as_f64().unwrap() >= sum["gold"]["score"].as_f64().unwrap());
                 assert_eq!(sum["n"], 8);
+                // Concentration: each of the 8 turns once; its first item is one of its top 10s.
+                let mut two = split(8);
+                two.examples.extend(two.examples.clone());
+                let c = concentration(&model, &two, &text_table).unwrap();
+                assert_eq!(c["turns"], 8, "each turn counted once");
+                let (top1, top10) = (c["distinct_top1"].as_u64().unwrap(), c["distinct_top10"].as_u64().unwrap());
+                assert!(top1 >= 1 && top1 <= 2 && top10 >= top1 && top10 <= 4, "{c}");
             }
         }
     }

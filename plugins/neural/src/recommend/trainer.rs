@@ -16,15 +16,15 @@ use super::model::Recommender;
 use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
 use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{
-    GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate, examples_from,
-    explanation_summary,
+    GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, concentration, evaluate,
+    examples_from, explanation_summary,
 };
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::fit::{Params, fit, param_count};
 use candle_nn::VarMap;
 use ecr_data::linker::at_mentions;
 use ecr_data::replay::{RedialSplits, script};
-use ecr_data::{Conversation, keys::CatalogueKey, kg::link_movies};
+use ecr_data::{Conversation, keys::CatalogueKey, kg::Kg, kg::link_movies};
 use ecr_engine::{
     BoxError, BuildContext, EvalReport, Fingerprint, ItemFeedback, Role, TrainContext, TrainReport, TrainStatus,
     Trainable, Utterance,
@@ -227,6 +227,7 @@ impl RecTrainer {
         model: &Recommender,
         data: &Data,
         text: &TextTable,
+        kg: &Kg,
         dir: &Path,
     ) -> Result<serde_json::Value, BoxError> {
         let outcomes = evaluate(model, &data.test, text)?;
@@ -264,6 +265,10 @@ impl RecTrainer {
         v["n"] = data.test.examples.len().into();
         v["instances"] = instances.display().to_string().into();
         v["explanation"] = explanation_summary(model, &data.test, text)?;
+        let mut conc = concentration(model, &data.test, text)?;
+        let top = conc["top1_item"].as_u64().and_then(|i| model.items().get(i as usize).copied());
+        conc["top1_name"] = top.and_then(|e| kg.name(e)).unwrap_or("?").into();
+        v["concentration"] = conc;
         v["baselines"] = serde_json::json!({
             "popularity": base(&|_| pop.clone()),
             "repeat_mentioned": base(&|m| repeat_scores(&pop, m)),
@@ -341,6 +346,17 @@ pub fn metrics_table(m: &serde_json::Value) -> String {
             out.push_str(&row(b, &m["baselines"][b], prefix));
             out.push('\n');
         }
+    }
+    let c = &m["concentration"];
+    if let Some(turns) = c["turns"].as_u64() {
+        out.push_str(&format!(
+            "-- concentration over {turns} test turns: {} distinct first items, {} distinct in the top 10s; \
+             the most frequent first item, {}, in {:.1}% of the turns\n",
+            c["distinct_top1"],
+            c["distinct_top10"],
+            c["top1_name"].as_str().unwrap_or("?"),
+            100.0 * c["top1_share"].as_f64().unwrap_or(0.0),
+        ));
     }
     out
 }
@@ -433,7 +449,7 @@ impl Trainable for RecTrainer {
         });
         let dir = self.dir_for(cx.options.seed);
         checkpoint::save(&dir, &vm, &meta)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text, &dir)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text, &parts.kg, &dir)?;
         metrics["seed"] = fc.seed.into();
         metrics["fit_seconds"] = fit_report.seconds.into();
         if let Some(p) = &pretrain_report {
@@ -483,7 +499,7 @@ impl Trainable for RecTrainer {
         let model = self.model(&parts, &vm, 0)?;
         let dir = self.dir_for(cx.options.seed);
         checkpoint::load(&dir, &vm, &self.expected(&parts)?, &parts.device)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text, &dir)?;
+        let mut metrics = Self::test_metrics(&model, &data, &text, &parts.kg, &dir)?;
         metrics["seed"] = cx.options.seed.unwrap_or(self.config.train.seed).into();
         Ok(EvalReport { text: metrics_table(&metrics), metrics })
     }
