@@ -560,7 +560,7 @@ mod tests {
                 let c = concentration(&model, &two, &text_table).unwrap();
                 assert_eq!(c["turns"], 8, "each turn counted once");
                 let (top1, top10) = (c["distinct_top1"].as_u64().unwrap(), c["distinct_top10"].as_u64().unwrap());
-                assert!(top1 >= 1 && top1 <= 2 && top10 >= top1 && top10 <= 4, "{c}");
+                assert!((1..=2).contains(&top1) && (top1..=4).contains(&top10), "{c}");
             }
         }
     }
