@@ -188,6 +188,21 @@ pub fn repeat_scores(popularity: &[f32], mentioned_in_order: &[usize]) -> Vec<f3
     s
 }
 
+/// The indices of the `k` highest of `scores`, highest first, ties to the lower index (as the
+/// ranks of [`Outcome::of`] count them). A partial selection: no full sort of the item set.
+pub fn top_items(scores: &[f32], k: usize) -> Vec<usize> {
+    let by_score = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let k = k.min(order.len());
+    if k == 0 {
+        return vec![];
+    }
+    order.select_nth_unstable_by(k - 1, by_score);
+    order.truncate(k);
+    order.sort_by(by_score);
+    order
+}
+
 /// How concentrated a model's recommendations are over a split's turns, which the recall
 /// metrics do not show: a model can reach its recall by putting the same few popular movies
 /// first in most turns.
@@ -205,22 +220,19 @@ impl Concentration {
     /// Count one turn's score row (one score per item; ties go to the lower index, as the
     /// rankings do).
     pub fn add(&mut self, scores: &[f32]) {
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        let k = 10.min(order.len());
-        if k == 0 {
+        let order = top_items(scores, 10);
+        if order.is_empty() {
             return;
         }
-        order.select_nth_unstable_by(k - 1, |&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        order.truncate(k);
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         self.turns += 1;
         *self.top1.entry(order[0]).or_default() += 1;
         self.top10.extend(order);
     }
 
     /// `distinct_top1`, `distinct_top10`, `top1_share` (the share of turns whose first item is
-    /// the most frequent first item), `top1_item` (that item's index) and `turns`.
-    pub fn report(&self) -> serde_json::Value {
+    /// the most frequent first item), `top1_item` (that item's index), `top1_name` (`name` of
+    /// it) and `turns`.
+    pub fn report(&self, name: &dyn Fn(usize) -> String) -> serde_json::Value {
         let (item, most) =
             self.top1.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map_or((0, 0), |(&i, &n)| (i, n));
         serde_json::json!({
@@ -229,6 +241,7 @@ impl Concentration {
             "distinct_top10": self.top10.len(),
             "top1_share": most as f64 / self.turns.max(1) as f64,
             "top1_item": item,
+            "top1_name": name(item),
         })
     }
 }
@@ -248,18 +261,24 @@ mod tests {
         // The second kind of turn ranks 0 first, then 1..=9: items 0 and 1 join the top 10s.
         let b: Vec<f32> = (0..12).map(|i| -(i as f32)).collect();
         c.add(&b);
-        let r = c.report();
+        let name = |i: usize| format!("item {i}");
+        let r = c.report(&name);
         assert_eq!(r["turns"], 3);
         assert_eq!(r["distinct_top1"], 2);
         assert_eq!(r["distinct_top10"], 12);
         assert_eq!(r["top1_item"], 11);
         assert!((r["top1_share"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(r["top1_name"], "item 11");
         // Ties: the lower index first.
         let mut t = Concentration::default();
         t.add(&[1.0, 1.0]);
-        assert_eq!(t.report()["top1_item"], 0);
-        assert_eq!(t.report()["distinct_top10"], 2);
-        assert_eq!(Concentration::default().report()["top1_share"], 0.0);
+        assert_eq!(t.report(&name)["top1_item"], 0);
+        assert_eq!(t.report(&name)["distinct_top10"], 2);
+        assert_eq!(Concentration::default().report(&name)["top1_share"], 0.0);
+        // The top-k helper itself: partial, highest first, ties to the lower index, k past the end.
+        assert_eq!(top_items(&[0.5, 2.0, 2.0, -1.0], 3), vec![1, 2, 0]);
+        assert_eq!(top_items(&[0.5, 2.0], 5), vec![1, 0]);
+        assert!(top_items(&[], 3).is_empty() && top_items(&[1.0], 0).is_empty());
     }
 
     #[test]

@@ -405,12 +405,7 @@ impl Recommender {
     /// the emotion fusion (the fusion MLP's output). The rest is the text summary's part and the
     /// biases.
     pub fn explain(&self, e: &Tensor, text: &Tensor, x: &Batch, top: usize) -> Result<Explained> {
-        self.explain_items(e, text, x, &|scores| {
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-            order.truncate(top);
-            order
-        })
+        self.explain_items(e, text, x, &|scores| super::metrics::top_items(scores, top))
     }
 
     /// [`Recommender::explain`] for the items `pick` chooses from the scores (indices into the

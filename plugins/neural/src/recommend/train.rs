@@ -132,63 +132,81 @@ impl TextTable {
     }
 }
 
-/// Score every example of `split` (in order, batches of 32): the outcomes for the metrics.
-pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<Vec<Outcome>> {
+/// The one scoring loop of evaluation: every example of `split` in order (batches of 32), handed
+/// to `visit` with its score row and the item indices of the movies its dialogue mentioned.
+fn score_examples(
+    model: &Recommender,
+    split: &SplitExamples,
+    text: &TextTable,
+    mut visit: impl FnMut(&Example, &[f32], &[usize]),
+) -> Result<()> {
     let e = model.entity_table()?.detach();
     let index = model.item_index();
-    let mut out = Vec::with_capacity(split.examples.len());
     for chunk in split.examples.chunks(super::metrics::AUC_BATCH) {
         let feats: Vec<&Features> = chunk.iter().map(|x| &split.turns[x.turn]).collect();
         let batch = model.batch(&feats, &|t| text.row(t))?;
         let (scores, _) = model.forward(&e, &text.table, &batch)?;
-        let scores = scores.to_vec2::<f32>()?;
-        for (x, row) in chunk.iter().zip(&scores) {
+        for (x, row) in chunk.iter().zip(&scores.to_vec2::<f32>()?) {
             let mentioned: Vec<usize> =
                 split.turns[x.turn].mentioned.iter().filter_map(|m| index.get(m).copied()).collect();
-            out.push(Outcome::of(row, x.gold, &mentioned, x.feedback));
+            visit(x, row, &mentioned);
         }
     }
+    Ok(())
+}
+
+/// Score every example of `split`: the outcomes for the metrics.
+pub fn evaluate(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<Vec<Outcome>> {
+    let mut out = Vec::with_capacity(split.examples.len());
+    score_examples(model, split, text, |x, row, mentioned| out.push(Outcome::of(row, x.gold, mentioned, x.feedback)))?;
     Ok(out)
 }
 
-/// How concentrated the model's recommendations are over `split`'s distinct turns
-/// ([`Concentration`]), each turn scored once.
-pub fn concentration(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<serde_json::Value> {
-    let e = model.entity_table()?.detach();
-    let mut turns: Vec<usize> = split.examples.iter().map(|x| x.turn).collect();
-    turns.sort_unstable();
-    turns.dedup();
-    let mut c = Concentration::default();
-    for chunk in turns.chunks(super::metrics::AUC_BATCH) {
-        let feats: Vec<&Features> = chunk.iter().map(|&t| &split.turns[t]).collect();
-        let batch = model.batch(&feats, &|t| text.row(t))?;
-        let (scores, _) = model.forward(&e, &text.table, &batch)?;
-        for row in scores.to_vec2::<f32>()? {
-            c.add(&row);
+/// [`evaluate`] and, from the same score rows, how concentrated the recommendations are over
+/// `split`'s distinct turns ([`Concentration`], each turn counted once): the test split's pass.
+pub fn evaluate_with_concentration(
+    model: &Recommender,
+    split: &SplitExamples,
+    text: &TextTable,
+) -> Result<(Vec<Outcome>, Concentration)> {
+    let mut out = Vec::with_capacity(split.examples.len());
+    let mut conc = Concentration::default();
+    let mut seen = vec![false; split.turns.len()];
+    score_examples(model, split, text, |x, row, mentioned| {
+        out.push(Outcome::of(row, x.gold, mentioned, x.feedback));
+        if !std::mem::replace(&mut seen[x.turn], true) {
+            conc.add(row);
         }
-    }
-    Ok(c.report())
+    })?;
+    Ok((out, conc))
 }
 
 /// Where the scores of `split`'s examples come from, on average over the examples
 /// ([`Recommender::explain`]): for the gold item and for the turn's top item, the mean part of its
 /// score from the local slots, from the global slots, from the emotion fusion (within those two),
-/// from the dialogue text's summary and from the biases, and the mean score. One turn at a time.
+/// from the dialogue text's summary and from the biases, and the mean score. Each turn is
+/// explained once, for all its gold items and its top item.
 pub fn explanation_summary(model: &Recommender, split: &SplitExamples, text: &TextTable) -> Result<serde_json::Value> {
     let e = model.entity_table()?.detach();
+    let mut golds: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for x in &split.examples {
+        golds.entry(x.turn).or_default().push(x.gold);
+    }
     // [local, global, emotions, text, bias, score] of the gold, then of the top item.
     let mut sums = [[0f64; 6]; 2];
     let mut has_text = false;
-    for x in &split.examples {
-        let batch = model.batch(&[&split.turns[x.turn]], &|t| text.row(t))?;
-        let gold = x.gold;
-        let top1 = |s: &[f32]| (0..s.len()).max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a))).unwrap_or(0);
-        let ex = model.explain_items(&e, &text.table, &batch, &|s| vec![gold, top1(s)])?;
-        for (sum, t) in sums.iter_mut().zip(&ex.top) {
+    for (turn, golds) in &golds {
+        let batch = model.batch(&[&split.turns[*turn]], &|t| text.row(t))?;
+        let pick = |s: &[f32]| golds.iter().copied().chain(super::metrics::top_items(s, 1)).collect();
+        let ex = model.explain_items(&e, &text.table, &batch, &pick)?;
+        // The golds' attributions, then the top item's, which counts once per gold (per example).
+        let (gold_parts, top) = ex.top.split_at(golds.len());
+        let rows = gold_parts.iter().map(|t| (0, t, 1.0)).chain(top.iter().map(|t| (1, t, golds.len() as f64)));
+        for (who, t, times) in rows {
             has_text |= t.text.is_some();
             let parts = [t.local_total(), t.global_total(), t.emotions_total(), t.text.unwrap_or(0.0), t.bias, t.score];
-            for (s, v) in sum.iter_mut().zip(parts) {
-                *s += v as f64;
+            for (s, v) in sums[who].iter_mut().zip(parts) {
+                *s += times * v as f64;
             }
         }
     }
@@ -557,7 +575,9 @@ mod tests {
                 // Concentration: each of the 8 turns once; its first item is one of its top 10s.
                 let mut two = split(8);
                 two.examples.extend(two.examples.clone());
-                let c = concentration(&model, &two, &text_table).unwrap();
+                let (outcomes, conc) = evaluate_with_concentration(&model, &two, &text_table).unwrap();
+                assert_eq!(outcomes, evaluate(&model, &two, &text_table).unwrap(), "the same outcomes");
+                let c = conc.report(&|i| i.to_string());
                 assert_eq!(c["turns"], 8, "each turn counted once");
                 let (top1, top10) = (c["distinct_top1"].as_u64().unwrap(), c["distinct_top10"].as_u64().unwrap());
                 assert!((1..=2).contains(&top1) && (top1..=4).contains(&top10), "{c}");

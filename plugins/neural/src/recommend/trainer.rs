@@ -16,7 +16,7 @@ use super::model::Recommender;
 use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
 use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{
-    GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, concentration, evaluate,
+    GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate_with_concentration,
     examples_from, explanation_summary,
 };
 use crate::checkpoint::{self, CheckpointMeta};
@@ -230,7 +230,7 @@ impl RecTrainer {
         kg: &Kg,
         dir: &Path,
     ) -> Result<serde_json::Value, BoxError> {
-        let outcomes = evaluate(model, &data.test, text)?;
+        let (outcomes, conc) = evaluate_with_concentration(model, &data.test, text)?;
         let m = report(&outcomes);
         let records: Vec<InstanceRecord> = data
             .test
@@ -265,10 +265,8 @@ impl RecTrainer {
         v["n"] = data.test.examples.len().into();
         v["instances"] = instances.display().to_string().into();
         v["explanation"] = explanation_summary(model, &data.test, text)?;
-        let mut conc = concentration(model, &data.test, text)?;
-        let top = conc["top1_item"].as_u64().and_then(|i| model.items().get(i as usize).copied());
-        conc["top1_name"] = top.and_then(|e| kg.name(e)).unwrap_or("?").into();
-        v["concentration"] = conc;
+        let name = |i: usize| model.items().get(i).and_then(|&e| kg.name(e)).unwrap_or("?").to_string();
+        v["concentration"] = conc.report(&name);
         v["baselines"] = serde_json::json!({
             "popularity": base(&|_| pop.clone()),
             "repeat_mentioned": base(&|m| repeat_scores(&pop, m)),
