@@ -54,6 +54,12 @@ fn recipe_check_names_out_of_range_generator_settings() {
         t.contains("tests/fixtures/bad-generator.toml:10:17: stages.generate.with.finetune.similar_share: a share of the samples"),
         "{t}"
     );
+    assert!(
+        t.contains(
+            "tests/fixtures/bad-generator.toml:11:16: stages.generate.with.finetune.unlikelihood: a loss weight"
+        ),
+        "{t}"
+    );
 }
 
 #[test]

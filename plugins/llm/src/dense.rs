@@ -270,15 +270,19 @@ impl DenseLlama {
         let targets = Tensor::from_vec(target.to_vec(), target.len(), &Device::Cpu)?;
         let logp = log_softmax(&logits)?;
         let mle = logp.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
+        if unlikelihood == 0.0 {
+            return Ok(mle);
+        }
         let vocab = logits.dim(1)?;
         if target.len().saturating_mul(vocab) > u32::MAX as usize {
             return Err(LlmError::Invalid(format!("a target of {} tokens is too long to score", target.len())));
         }
         let flat = repeat_candidates(target, vocab);
-        if unlikelihood == 0.0 || flat.is_empty() {
+        if flat.is_empty() {
             return Ok(mle);
         }
-        let idx = Tensor::from_vec(flat.clone(), flat.len(), &Device::Cpu)?;
+        let n = flat.len();
+        let idx = Tensor::from_vec(flat, n, &Device::Cpu)?;
         let p = logp.flatten_all()?.index_select(&idx, 0)?.exp()?;
         // −log(1 − p), with 1 − p kept away from 0 so that a certain repeat costs a finite amount.
         let ul = (p.neg()? + 1.0)?.clamp(1e-6f32, 1.0f32)?.log()?.sum_all()?.neg()?;

@@ -235,6 +235,12 @@ impl StageFactory for GeneratorFactory {
             if !(f.valid_share > 0.0 && f.valid_share < 1.0) {
                 issues.push(ConfigIssue::new("finetune.valid_share", "expected more than 0 and less than 1"));
             }
+            if !(f.unlikelihood.is_finite() && f.unlikelihood >= 0.0) {
+                issues.push(ConfigIssue::new(
+                    "finetune.unlikelihood",
+                    "a loss weight: expected 0 (off) or more (Welleck et al. use 1.0)",
+                ));
+            }
             if f.max_target_tokens == 0 {
                 issues.push(ConfigIssue::new("finetune.max_target_tokens", "must be at least 1"));
             }
