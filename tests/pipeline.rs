@@ -99,6 +99,13 @@ fn the_trained_tagger_beats_the_baselines_on_the_held_out_test_file() {
     let r1 = m["recall@1"].as_f64().unwrap();
     assert!(r2 > 0.85, "Recall@2 {r2}");
     assert!(r1 > 0.65 && r1 <= r2, "Recall@1 {r1}");
+    // The tagger is evaluated on annotation files: a ReDial split is refused, saying what to pass.
+    let out = ecr(&["eval", "-r", RECIPE, "--stage", "emotion", "--split", "valid"], "");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--split valid needs --annotations <file>"), "{}", text(&out));
+    let out = ecr(&["eval", "-r", RECIPE, "--split", "validation"], "");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("expected \"test\" or \"valid\""), "{}", text(&out));
 }
 
 #[test]

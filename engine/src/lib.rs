@@ -31,7 +31,7 @@ pub use stage::{
     BoxError, BuildContext, CancelToken, ConfigIssue, Event, Interrupted, Stage, StageFactory, StageIo, TurnContext,
     TurnEvent,
 };
-pub use train::{EvalReport, JobOptions, TrainContext, TrainReport, TrainStatus, Trainable};
+pub use train::{EvalReport, EvalSplit, JobOptions, TrainContext, TrainReport, TrainStatus, Trainable};
 pub use turn::{
     Candidate, EntityEmotion, EntityKind, EntityMention, Fact, Feedback, Field, GlobalEntity, ItemFeedback, Passage,
     Role, Turn, Utterance,

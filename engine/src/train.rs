@@ -81,10 +81,54 @@ pub struct JobOptions {
     pub seed: Option<u64>,
     /// Evaluate on this annotation file instead of the stage's default test set.
     pub annotations: Option<PathBuf>,
-    /// Number of test turns to generate responses for (response evaluation).
+    /// Number of turns to generate responses for (response evaluation).
     pub responses: Option<usize>,
+    /// The dialogues an evaluation runs on: the test split, or the validation split carved from
+    /// the training dialogues, for choosing settings without looking at the test split.
+    pub split: EvalSplit,
     /// Show progress bars.
     pub progress: bool,
+}
+
+/// The ReDial dialogues an evaluation runs on ([`JobOptions::split`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EvalSplit {
+    /// The test dialogues (`test.jsonl`): the figures to report.
+    #[default]
+    Test,
+    /// The validation dialogues carved from `train.jsonl`: the figures to choose settings on.
+    Valid,
+}
+
+impl EvalSplit {
+    /// The split's name as `--split` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSplit::Test => "test",
+            EvalSplit::Valid => "valid",
+        }
+    }
+
+    /// `stem.ext` for the test split (the files reports name), `stem_valid.ext` for validation, so
+    /// that an evaluation on one split never overwrites the other's outputs.
+    pub fn file_name(self, stem: &str, ext: &str) -> String {
+        match self {
+            EvalSplit::Test => format!("{stem}.{ext}"),
+            other => format!("{stem}_{}.{ext}", other.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for EvalSplit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "test" => Ok(EvalSplit::Test),
+            "valid" => Ok(EvalSplit::Valid),
+            other => Err(format!("unknown split {other:?}: expected \"test\" or \"valid\"")),
+        }
+    }
 }
 
 /// What a trainer gets when it trains or evaluates.
@@ -407,4 +451,22 @@ pub fn evaluate_recipe(
         out.push((job.id.clone(), report));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EvalSplit;
+
+    #[test]
+    fn splits_parse_by_name_and_keep_their_outputs_apart() {
+        for split in [EvalSplit::Test, EvalSplit::Valid] {
+            assert_eq!(split.name().parse::<EvalSplit>(), Ok(split));
+        }
+        assert_eq!(EvalSplit::default(), EvalSplit::Test, "reports are on the test split unless asked");
+        let e = "validation".parse::<EvalSplit>().unwrap_err();
+        assert!(e.contains("\"validation\"") && e.contains("\"valid\""), "{e}");
+        // The test split's file keeps the name reports cite; validation's never overwrites it.
+        assert_eq!(EvalSplit::Test.file_name("responses", "jsonl"), "responses.jsonl");
+        assert_eq!(EvalSplit::Valid.file_name("responses", "jsonl"), "responses_valid.jsonl");
+    }
 }

@@ -39,9 +39,13 @@ pub struct EvalArgs {
     /// An annotation file (emotion/annotations_*.jsonl format) for the emotion tagger; default: the test annotations.
     #[arg(long)]
     pub annotations: Option<PathBuf>,
-    /// Number of test turns to generate responses for (stages that generate).
+    /// Number of turns to generate responses for (stages that generate).
     #[arg(long)]
     pub responses: Option<usize>,
+    /// The ReDial dialogues to evaluate on: `test`, or `valid` (the validation split carved from
+    /// train.jsonl) to choose settings without looking at the test split (recommender, generator).
+    #[arg(long, default_value = "test")]
+    pub split: ecr::EvalSplit,
     /// Print the metrics as one JSON object on stdout (one stage: its metrics; several: keyed by stage id).
     #[arg(long)]
     pub json: bool,
@@ -79,6 +83,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let options = JobOptions {
         annotations: args.annotations,
         responses: args.responses,
+        split: args.split,
         progress: !args.json,
         ..Default::default()
     };

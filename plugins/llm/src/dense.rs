@@ -231,15 +231,12 @@ impl DenseLlama {
     ) -> Result<Tensor> {
         check_target(tokens, from)?;
         let hidden = self.hidden(&tokens[..tokens.len() - 1], adapter, dropout)?;
-        self.loss_of(&hidden, tokens, from, 0.0)
+        self.loss_of(&hidden, tokens, from, LossTerms::default())
     }
 
     /// [`DenseLlama::target_loss`] from `residual`, the residual stream (`(T − 1) × d`) of all
-    /// tokens but the last as it enters [`DenseLlama::first_layer`], plus `unlikelihood` times
-    /// the token-level unlikelihood loss of Welleck et al. (2019): at each target position,
-    /// `−log(1 − p(c))` summed over the tokens `c` earlier in the target but the one due there
-    /// ([`repeat_candidates`]), averaged over the positions. It teaches the model not to say
-    /// again what it already said; 0 leaves the cross-entropy alone.
+    /// tokens but the last as it enters [`DenseLlama::first_layer`], with the training terms of
+    /// `terms` ([`LossTerms`]; the default is the plain mean cross-entropy).
     pub fn target_loss_from(
         &self,
         residual: Tensor,
@@ -247,7 +244,7 @@ impl DenseLlama {
         from: usize,
         adapter: Option<&Adapter>,
         dropout: Option<&mut SplitMix>,
-        unlikelihood: f64,
+        terms: LossTerms<'_>,
     ) -> Result<Tensor> {
         check_target(tokens, from)?;
         if residual.dims2()? != (tokens.len() - 1, self.cfg.d_model) {
@@ -260,16 +257,31 @@ impl DenseLlama {
             )));
         }
         let hidden = self.hidden_from(residual, adapter, dropout)?;
-        self.loss_of(&hidden, tokens, from, unlikelihood)
+        self.loss_of(&hidden, tokens, from, terms)
     }
 
-    fn loss_of(&self, hidden: &Tensor, tokens: &[u32], from: usize, unlikelihood: f64) -> Result<Tensor> {
+    fn loss_of(&self, hidden: &Tensor, tokens: &[u32], from: usize, terms: LossTerms<'_>) -> Result<Tensor> {
         let positions: Vec<u32> = (from as u32 - 1..tokens.len() as u32 - 1).collect();
         let logits = self.logits_at(hidden, &positions)?;
         let target = &tokens[from..];
         let targets = Tensor::from_vec(target.to_vec(), target.len(), &Device::Cpu)?;
         let logp = log_softmax(&logits)?;
-        let mle = logp.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg()?;
+        let nll = logp.gather(&targets.unsqueeze(1)?, 1)?.neg()?;
+        let mle = match terms.weights {
+            None => nll.mean_all()?,
+            Some(w) if w.len() == target.len() => {
+                let w = Tensor::from_vec(w.to_vec(), (target.len(), 1), &Device::Cpu)?;
+                (nll * w)?.mean_all()?
+            }
+            Some(w) => {
+                return Err(LlmError::Invalid(format!(
+                    "{} token weights for a target of {} tokens",
+                    w.len(),
+                    target.len()
+                )));
+            }
+        };
+        let unlikelihood = terms.unlikelihood;
         if unlikelihood == 0.0 {
             return Ok(mle);
         }
@@ -288,6 +300,35 @@ impl DenseLlama {
         let ul = (p.neg()? + 1.0)?.clamp(1e-6f32, 1.0f32)?.log()?.sum_all()?.neg()?;
         Ok((mle + (ul * (unlikelihood / target.len() as f64))?)?)
     }
+}
+
+/// What the training loss of [`DenseLlama::target_loss_from`] adds to the mean cross-entropy of
+/// the target tokens. The default adds nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LossTerms<'a> {
+    /// Each target token's weight in the cross-entropy, in order (`None`: 1 each), e.g. the
+    /// inverse token frequency weights of Nakamura et al. (2019), which make the common words
+    /// of the training targets cost less to miss and the rare ones more.
+    pub weights: Option<&'a [f32]>,
+    /// Weight of the token-level unlikelihood loss of Welleck et al. (2019): at each target
+    /// position, `−log(1 − p(c))` summed over the tokens `c` earlier in the target but the one
+    /// due there ([`repeat_candidates`]), averaged over the positions. It teaches the model not
+    /// to say again what it already said; 0 leaves the cross-entropy alone.
+    pub unlikelihood: f64,
+}
+
+/// The inverse token frequency (ITF) weights of Nakamura et al. (2019) for `targets`: a token
+/// that occurs `c` times over all the targets weighs `c^−λ`, scaled so that the weights of all
+/// target tokens average 1 (the loss keeps its scale). `λ = 0` gives 1 everywhere.
+pub fn itf_weights(targets: &[&[u32]], lambda: f64) -> Vec<Vec<f32>> {
+    let mut counts: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for &t in targets.iter().flat_map(|t| t.iter()) {
+        *counts.entry(t).or_default() += 1;
+    }
+    let raw = |t: &u32| (counts[t] as f64).powf(-lambda);
+    let n: usize = targets.iter().map(|t| t.len()).sum();
+    let mean = targets.iter().flat_map(|t| t.iter()).map(raw).sum::<f64>() / n.max(1) as f64;
+    targets.iter().map(|t| t.iter().map(|x| (raw(x) / mean) as f32).collect()).collect()
 }
 
 /// The (position, token) pairs the unlikelihood loss pushes down for `target`, as flat indices
@@ -334,5 +375,18 @@ mod tests {
         assert_eq!(repeat_candidates(&[1, 2, 1, 3], 10), vec![10 + 1, 20 + 2, 30 + 1, 30 + 2]);
         assert_eq!(repeat_candidates(&[4, 4, 4], 10), Vec::<u32>::new(), "a token due again is not pushed down");
         assert_eq!(repeat_candidates(&[], 10), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn itf_weights_lower_the_common_tokens_and_average_one() {
+        // Token 7 occurs 4 times, 1 and 2 once each: at λ = 1 the raw weights are 1/4 and 1, their
+        // mean over the 6 tokens (4·0.25 + 2·1) / 6 = 0.5, so 7 weighs 0.5 and 1, 2 weigh 2.
+        let (a, b) = ([7u32, 1, 7], [7u32, 7, 2]);
+        let w = itf_weights(&[&a, &b], 1.0);
+        assert_eq!(w, vec![vec![0.5, 2.0, 0.5], vec![0.5, 0.5, 2.0]]);
+        let mean = w.iter().flatten().sum::<f32>() / 6.0;
+        assert!((mean - 1.0).abs() < 1e-6);
+        assert!(itf_weights(&[&a, &b], 0.0).iter().flatten().all(|&x| x == 1.0), "λ = 0 is plain cross-entropy");
+        assert!(itf_weights(&[], 0.4).is_empty());
     }
 }

@@ -4,7 +4,7 @@
 //! refused.
 
 use candle_core::{Tensor, Var};
-use ecr_llm::dense::DenseLlama;
+use ecr_llm::dense::{DenseLlama, LossTerms};
 use ecr_llm::gguf::GgufFile;
 use ecr_llm::lora::{Adapter, BaseModel, LoraConfig, SplitMix, Target};
 use ecr_llm::{Llm, LlmTokenizer, LoadOptions};
@@ -183,15 +183,48 @@ fn the_top_layers_from_the_fast_decoders_residual_match_the_whole_model() {
     let residual = fast.residual_before(&ids[..ids.len() - 1], first).unwrap();
     let residual = Tensor::from_vec(residual, (ids.len() - 1, 576), &candle_core::Device::Cpu).unwrap();
     let split = top
-        .target_loss_from(residual.clone(), &ids, from, Some(&adapter), None, 0.0)
+        .target_loss_from(residual.clone(), &ids, from, Some(&adapter), None, LossTerms::default())
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
     // The unlikelihood term adds a positive, finite cost: the target's earlier tokens have some
     // probability at its later positions.
-    let with_ul =
-        top.target_loss_from(residual, &ids, from, Some(&adapter), None, 1.0).unwrap().to_scalar::<f32>().unwrap();
+    let with_ul = top
+        .target_loss_from(
+            residual.clone(),
+            &ids,
+            from,
+            Some(&adapter),
+            None,
+            LossTerms { unlikelihood: 1.0, ..Default::default() },
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(with_ul.is_finite() && with_ul > split + 1e-4, "unlikelihood {with_ul} vs cross-entropy {split}");
+    // Token weights: all 1 is the plain cross-entropy; the last token alone weighed (8 times, so
+    // that the weights still average 1) is that token's loss; a weight list of the wrong length is
+    // refused.
+    let weighted = |w: &[f32]| {
+        top.target_loss_from(
+            residual.clone(),
+            &ids,
+            from,
+            Some(&adapter),
+            None,
+            LossTerms { weights: Some(w), ..Default::default() },
+        )
+    };
+    let ones = weighted(&[1.0; 8]).unwrap().to_scalar::<f32>().unwrap();
+    assert!((ones - split).abs() < 1e-5, "weights of 1: {ones} vs {split}");
+    let last = weighted(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 8.0]).unwrap().to_scalar::<f32>().unwrap();
+    let last_alone = top
+        .target_loss_from(residual.clone(), &ids, ids.len() - 1, Some(&adapter), None, LossTerms::default())
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((last - last_alone).abs() < 1e-4, "the last token's weighted loss {last} vs its own {last_alone}");
+    assert!(weighted(&[1.0; 7]).is_err(), "7 weights for 8 target tokens");
     let whole = dense().target_loss(&ids, from, Some(&adapter), None).unwrap().to_scalar::<f32>().unwrap();
     let base = dense().target_loss(&ids, from, None, None).unwrap().to_scalar::<f32>().unwrap();
     assert!((split - whole).abs() < 0.05 * whole.abs().max(1.0), "split {split} vs whole {whole}");
@@ -215,7 +248,7 @@ fn probe_step_time() {
             let r = fast.residual_before(&ids[..ids.len() - 1], first).unwrap();
             let t0 = t.elapsed();
             let r = Tensor::from_vec(r, (ids.len() - 1, 576), &candle_core::Device::Cpu).unwrap();
-            let l = top.target_loss_from(r, &ids, 160, Some(&adapter), None, 0.0).unwrap();
+            let l = top.target_loss_from(r, &ids, 160, Some(&adapter), None, LossTerms::default()).unwrap();
             let t1 = t.elapsed();
             let _ = l.backward().unwrap();
             eprintln!("layers {layers} step {i}: residual {t0:?} fwd {t1:?} total {:?}", t.elapsed());

@@ -100,9 +100,19 @@ impl TaggerTrainer {
     }
 
     fn test_path(&self, cx: &TrainContext<'_>) -> Result<PathBuf, BoxError> {
-        Ok(match &cx.options.annotations {
-            Some(p) => p.clone(),
-            None => require_file(&self.ctx.data_dir()?, "emotion/annotations_test.jsonl")?,
+        Ok(match (&cx.options.annotations, cx.options.split) {
+            (Some(p), _) => p.clone(),
+            (None, ecr_engine::EvalSplit::Test) => {
+                require_file(&self.ctx.data_dir()?, "emotion/annotations_test.jsonl")?
+            }
+            (None, split) => {
+                return Err(format!(
+                    "the emotion tagger is evaluated on annotation files, not ReDial splits: --split {} needs \
+                     --annotations <file>, or --stage <a recommender or generator stage>",
+                    split.name()
+                )
+                .into());
+            }
         })
     }
 

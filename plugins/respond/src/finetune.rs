@@ -31,7 +31,7 @@ use crate::stage::{REVIEW_ENTITIES, RetrieverConfig};
 use candle_core::{Device, Tensor};
 use ecr_data::prepare::Resources;
 use ecr_engine::{BoxError, Candidate, Engine, Fact, Field, Passage, Turn};
-use ecr_llm::dense::DenseLlama;
+use ecr_llm::dense::{DenseLlama, LossTerms, itf_weights};
 use ecr_llm::gguf::GgufFile;
 use ecr_llm::lora::{Adapter, BaseModel, LoraConfig, SplitMix};
 use ecr_llm::{Llm, LlmTokenizer};
@@ -96,6 +96,14 @@ pub struct FinetuneConfig {
     /// use the cross-entropy alone.
     #[serde(skip_serializing_if = "is_zero")]
     pub unlikelihood: f64,
+    /// Exponent λ of the inverse token frequency weights of the cross-entropy (Nakamura et al.,
+    /// 2019, "Another diversity-promoting objective function for neural dialogue generation"): a
+    /// target token that occurs `c` times over the training targets weighs `c^−λ`, the weights
+    /// averaging 1, so the reviewers' stock words ("great", "movie", "loved") teach the adapter
+    /// less and their rarer words more. 0: plain cross-entropy (ECR). Selection and perplexity
+    /// use the plain cross-entropy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub itf: f64,
 }
 
 /// How the training samples are drawn.
@@ -179,6 +187,7 @@ impl Default for FinetuneConfig {
             drop_unsupported: false,
             select: SampleSelection::Random,
             unlikelihood: 0.0,
+            itf: 0.0,
         }
     }
 }
@@ -388,11 +397,13 @@ pub fn distinct_pairs_per_target(targets: &[&[String]]) -> f64 {
     all.len() as f64 / targets.len().max(1) as f64
 }
 
-/// One tokenized sample: the prompt's tokens then the target's, and the frozen layers' output.
+/// One tokenized sample: the prompt's tokens then the target's, the frozen layers' output, and
+/// the target tokens' loss weights (empty: plain cross-entropy).
 struct Encoded {
     tokens: Vec<u32>,
     from: usize,
     residual: Vec<f32>,
+    weights: Vec<f32>,
 }
 
 /// The stage of `upstream` that writes the prompt (the recipe's prompt builder, whatever it is).
@@ -459,9 +470,14 @@ impl Tuning<'_> {
     /// The loss of `e`: training (dropout and the unlikelihood term) or held-out (cross-entropy).
     fn loss_of(&mut self, e: &Encoded, training: bool) -> ecr_neural::Result<Tensor> {
         let r = Tensor::from_vec(e.residual.clone(), (e.tokens.len() - 1, self.d), &Device::Cpu)?;
-        let (dropout, unlikelihood) = if training { (Some(&mut self.dropout), self.unlikelihood) } else { (None, 0.0) };
+        let (dropout, terms) = if training {
+            let weights = (!e.weights.is_empty()).then_some(e.weights.as_slice());
+            (Some(&mut self.dropout), LossTerms { weights, unlikelihood: self.unlikelihood })
+        } else {
+            (None, LossTerms::default())
+        };
         self.dense
-            .target_loss_from(r, &e.tokens, e.from, Some(self.adapter), dropout, unlikelihood)
+            .target_loss_from(r, &e.tokens, e.from, Some(self.adapter), dropout, terms)
             .map_err(|e| ecr_neural::NeuralError::Invalid(e.to_string()))
     }
 
@@ -567,13 +583,18 @@ pub fn train_adapter(
                 continue;
             }
             let residual = fast.residual_before(&tokens[..tokens.len() - 1], first)?;
-            out.push(Encoded { tokens, from, residual });
+            out.push(Encoded { tokens, from, residual, weights: Vec::new() });
             bar.inc(1);
         }
         Ok(out)
     };
-    let (train, valid) = (enc(&train_f)?, enc(&valid_f)?);
+    let (mut train, valid) = (enc(&train_f)?, enc(&valid_f)?);
     bar.finish_and_clear();
+    if config.itf > 0.0 {
+        let targets: Vec<&[u32]> = train.iter().map(|e| &e.tokens[e.from..]).collect();
+        let weights = itf_weights(&targets, config.itf);
+        train.iter_mut().zip(weights).for_each(|(e, w)| e.weights = w);
+    }
     let longest = train.iter().chain(&valid).map(|e| e.tokens.len()).max().unwrap_or(1);
     let dense = DenseLlama::top_layers(&g, longest, first)?;
     let (adapter, vars) = Adapter::init(&config.lora, &base, config.train.seed)?;
@@ -657,13 +678,15 @@ mod tests {
     #[test]
     fn new_keys_default_to_ecr_and_stay_out_of_the_fingerprint() {
         let c = FinetuneConfig::default();
-        assert_eq!((c.select, c.unlikelihood), (SampleSelection::Random, 0.0));
+        assert_eq!((c.select, c.unlikelihood, c.itf), (SampleSelection::Random, 0.0, 0.0));
         let v = serde_json::to_value(&c).unwrap();
-        for key in ["select", "unlikelihood"] {
+        for key in ["select", "unlikelihood", "itf"] {
             assert!(v.get(key).is_none(), "{key}: the default must not change old adapters' fingerprints");
         }
         let ul: FinetuneConfig = toml::from_str("unlikelihood = 1.0").unwrap();
         assert_eq!(serde_json::to_value(&ul).unwrap()["unlikelihood"], 1.0);
+        let itf: FinetuneConfig = toml::from_str("itf = 0.4").unwrap();
+        assert_eq!(serde_json::to_value(&itf).unwrap()["itf"], 0.4);
         let novel: FinetuneConfig = toml::from_str("select = \"novel\"").unwrap();
         assert_eq!(novel.select, SampleSelection::Novel);
         assert!(toml::from_str::<FinetuneConfig>("select = \"best\"").is_err());

@@ -241,6 +241,12 @@ impl StageFactory for GeneratorFactory {
                     "a loss weight: expected 0 (off) or more (Welleck et al. use 1.0)",
                 ));
             }
+            if !(0.0..=1.0).contains(&f.itf) {
+                issues.push(ConfigIssue::new(
+                    "finetune.itf",
+                    "the inverse token frequency exponent λ: expected 0 (off) to 1",
+                ));
+            }
             if f.max_target_tokens == 0 {
                 issues.push(ConfigIssue::new("finetune.max_target_tokens", "must be at least 1"));
             }
@@ -303,10 +309,11 @@ impl Stage for GeneratorStage {
     }
 }
 
-/// `ecr eval --responses N` for the generator: nothing is trained (the base
-/// model, until an adapter is), and evaluation generates the responses of N
-/// ReDial test recommendation turns through the recipe's own upstream stages
-/// (recommender, retriever, prompt builder included) and scores them.
+/// `ecr eval --responses N` for the generator: the adapter (if the recipe fine-tunes) is trained
+/// on the review database, and evaluation generates the responses of the first N ReDial
+/// recommendation turns of the test split (or of the validation split, `--split valid`, to choose
+/// settings on) through the recipe's own upstream stages (recommender, retriever, prompt builder
+/// included) and scores them.
 pub struct ResponseEval {
     config: GeneratorConfig,
     ctx: BuildContext,
@@ -436,9 +443,16 @@ impl ecr_engine::Trainable for ResponseEval {
         let all: Vec<&ecr_data::Conversation> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
         let scripts: Vec<Vec<ecr_engine::Utterance>> = all.iter().map(|c| ecr_data::replay::script(c).0).collect();
         let replayed = cx.replay_shaping(&scripts, &splits.fingerprint, &mut |_, _| {})?;
-        let from = splits.train.len() + splits.valid.len();
-        let gold =
-            ecr_neural::recommend::trainer::RecTrainer::gold_turns(&splits.test, &replayed[from..], &movie_entity);
+        let split = cx.options.split;
+        let (convs, from) = match split {
+            ecr_engine::EvalSplit::Test => (&splits.test, splits.train.len() + splits.valid.len()),
+            ecr_engine::EvalSplit::Valid => (&splits.valid, splits.train.len()),
+        };
+        let gold = ecr_neural::recommend::trainer::RecTrainer::gold_turns(
+            convs,
+            &replayed[from..from + convs.len()],
+            &movie_entity,
+        );
         let mut chosen: Vec<_> = gold.into_iter().take(n).collect();
         let mut turns: Vec<Turn> = chosen.iter_mut().map(|g| std::mem::take(&mut g.turn)).collect();
         // The gold feedback is training knowledge: the response turn does not see it.
@@ -449,7 +463,7 @@ impl ecr_engine::Trainable for ResponseEval {
         let bar = ecr_data::progress::bar(cx.options.progress, "generating responses");
         bar.set_length(turns.len() as u64);
         let mut records = Vec::new();
-        let golds = gold_responses(&splits.test, &linker, n);
+        let golds = gold_responses(convs, &linker, n);
         let mut times = Vec::new();
         for (i, t) in turns.iter_mut().enumerate() {
             let start = std::time::Instant::now();
@@ -457,7 +471,7 @@ impl ecr_engine::Trainable for ResponseEval {
             times.push(start.elapsed().as_secs_f64());
             let write = |u: &ecr_engine::Utterance| linker.write_out_movies(&u.text);
             records.push(ResponseRecord {
-                id: format!("test:{i}"),
+                id: format!("{}:{i}", split.name()),
                 context: t.history.iter().chain(std::iter::once(&t.user)).map(write).collect(),
                 movie: t.candidates.first().map(|c| RecommendedMovie { item: c.item, name: c.name.clone() }),
                 prompt: t.prompt.clone().unwrap_or_default(),
@@ -474,9 +488,11 @@ impl ecr_engine::Trainable for ResponseEval {
         let m = FactChecker::new(&kg, &catalogue, &linker, &index).metrics(&records);
         let out = self.ctx.stage_dir();
         std::fs::create_dir_all(&out)?;
-        write_jsonl(&out.join("responses.jsonl"), &records)?;
-        write_markdown_sample(&out.join("responses_sample.md"), &records)?;
+        let responses_file = out.join(split.file_name("responses", "jsonl"));
+        write_jsonl(&responses_file, &records)?;
+        write_markdown_sample(&out.join(split.file_name("responses_sample", "md")), &records)?;
         let mut metrics = serde_json::to_value(&m)?;
+        metrics["split"] = split.name().into();
         times.sort_by(f64::total_cmp);
         let q = |p: f64| times.get(((times.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
         metrics["generate_s_p50"] = q(0.5).into();
@@ -493,7 +509,7 @@ impl ecr_engine::Trainable for ResponseEval {
             text: format!(
                 "{} responses (written to {}): {}\ngeneration p50 {:.2} s, p95 {:.2} s",
                 records.len(),
-                out.join("responses.jsonl").display(),
+                responses_file.display(),
                 serde_json::to_string(&m)?,
                 q(0.5),
                 q(0.95)
@@ -503,11 +519,11 @@ impl ecr_engine::Trainable for ResponseEval {
     }
 }
 
-/// The gold responses of the first `n` test recommendation turns with a KG
+/// The gold responses of the first `n` recommendation turns of `convs` with a KG
 /// movie, in the order [`ecr_neural::recommend::trainer::RecTrainer::gold_turns`] yields them.
-fn gold_responses(test: &[ecr_data::Conversation], linker: &ecr_data::Linker, n: usize) -> Vec<String> {
+fn gold_responses(convs: &[ecr_data::Conversation], linker: &ecr_data::Linker, n: usize) -> Vec<String> {
     let mut out = Vec::new();
-    for conv in test {
+    for conv in convs {
         let (utterances, _) = ecr_data::replay::script(conv);
         let mut seekers = 0;
         for u in &utterances {

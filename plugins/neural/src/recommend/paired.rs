@@ -14,8 +14,11 @@ use ecr_engine::Feedback;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The file name of the per-instance outcomes.
-pub const INSTANCES_FILE: &str = "test_instances.jsonl";
+/// The file name of the per-instance outcomes on `split` (`test_instances.jsonl`,
+/// `valid_instances.jsonl`).
+pub fn instances_file(split: ecr_engine::EvalSplit) -> String {
+    format!("{}_instances.jsonl", split.name())
+}
 
 /// One test instance (recommender turn, gold movie) and how the model ranked it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

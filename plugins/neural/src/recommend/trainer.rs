@@ -13,7 +13,7 @@
 use super::features::Features;
 use super::metrics::{Outcome, popularity_scores, repeat_scores, report};
 use super::model::Recommender;
-use super::paired::{INSTANCES_FILE, InstanceRecord, write_instances};
+use super::paired::{InstanceRecord, instances_file, write_instances};
 use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{
     GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate_with_concentration,
@@ -26,8 +26,8 @@ use ecr_data::linker::at_mentions;
 use ecr_data::replay::{RedialSplits, script};
 use ecr_data::{Conversation, keys::CatalogueKey, kg::Kg, kg::link_movies};
 use ecr_engine::{
-    BoxError, BuildContext, EvalReport, Fingerprint, ItemFeedback, Role, TrainContext, TrainReport, TrainStatus,
-    Trainable, Utterance,
+    BoxError, BuildContext, EvalReport, EvalSplit, Fingerprint, ItemFeedback, Role, TrainContext, TrainReport,
+    TrainStatus, Trainable, Utterance,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -57,6 +57,16 @@ struct Data {
     /// The training split's pre-training examples, when the recipe pre-trains.
     pretrain: Option<PretrainSplit>,
     reweighted: bool,
+}
+
+impl Data {
+    /// The examples an evaluation on `split` scores.
+    fn split(&self, split: EvalSplit) -> &SplitExamples {
+        match split {
+            EvalSplit::Test => &self.test,
+            EvalSplit::Valid => &self.valid,
+        }
+    }
 }
 
 /// Trains and evaluates one recipe's `recommender` stage.
@@ -221,50 +231,52 @@ impl RecTrainer {
         Ok(Recommender::new(&mut p, &parts.kg, &item_set(&parts.kg), self.config.model, parts.branches, dim)?)
     }
 
-    /// The test metrics of `model`, both protocols, beside the popularity and repeat baselines;
-    /// the per-instance outcomes go to `dir`/[`INSTANCES_FILE`] (named in the metrics as `instances`).
-    fn test_metrics(
+    /// The metrics of `model` on `split`, both protocols, beside the popularity and repeat
+    /// baselines; the per-instance outcomes go to `dir`/[`instances_file`] (named in the metrics
+    /// as `instances`).
+    fn split_metrics(
         model: &Recommender,
         data: &Data,
+        split: EvalSplit,
         text: &TextTable,
         kg: &Kg,
         dir: &Path,
     ) -> Result<serde_json::Value, BoxError> {
-        let (outcomes, conc) = evaluate_with_concentration(model, &data.test, text)?;
+        let eval = data.split(split);
+        let (outcomes, conc) = evaluate_with_concentration(model, eval, text)?;
         let m = report(&outcomes);
-        let records: Vec<InstanceRecord> = data
-            .test
+        let records: Vec<InstanceRecord> = eval
             .examples
             .iter()
             .zip(&outcomes)
             .map(|(x, o)| {
-                let slots = &data.test.turns[x.turn].slots;
+                let slots = &eval.turns[x.turn].slots;
                 let emotional = slots.iter().filter(|s| !s.emotions.is_empty()).count();
                 InstanceRecord::new(x.turn, model.items()[x.gold], o, slots.len(), emotional)
             })
             .collect();
-        let instances = dir.join(INSTANCES_FILE);
+        let instances = dir.join(instances_file(split));
         write_instances(&instances, &records).map_err(|e| format!("{}: {e}", instances.display()))?;
         let n_items = model.items().len();
         let pop = popularity_scores(n_items, data.train.examples.iter().map(|x| x.gold));
         let index = model.item_index();
         let base = |f: &dyn Fn(&[usize]) -> Vec<f32>| -> BTreeMap<String, f64> {
-            let outcomes: Vec<Outcome> = data
-                .test
+            let outcomes: Vec<Outcome> = eval
                 .examples
                 .iter()
                 .map(|x| {
                     let mentioned: Vec<usize> =
-                        data.test.turns[x.turn].mentioned.iter().filter_map(|e| index.get(e).copied()).collect();
+                        eval.turns[x.turn].mentioned.iter().filter_map(|e| index.get(e).copied()).collect();
                     Outcome::of(&f(&mentioned), x.gold, &mentioned, x.feedback)
                 })
                 .collect();
             report(&outcomes)
         };
         let mut v = serde_json::to_value(&m)?;
-        v["n"] = data.test.examples.len().into();
+        v["n"] = eval.examples.len().into();
+        v["split"] = split.name().into();
         v["instances"] = instances.display().to_string().into();
-        v["explanation"] = explanation_summary(model, &data.test, text)?;
+        v["explanation"] = explanation_summary(model, eval, text)?;
         let name = |i: usize| model.items().get(i).and_then(|&e| kg.name(e)).unwrap_or("?").to_string();
         v["concentration"] = conc.report(&name);
         v["baselines"] = serde_json::json!({
@@ -447,7 +459,7 @@ impl Trainable for RecTrainer {
         });
         let dir = self.dir_for(cx.options.seed);
         checkpoint::save(&dir, &vm, &meta)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text, &parts.kg, &dir)?;
+        let mut metrics = Self::split_metrics(&model, &data, EvalSplit::Test, &text, &parts.kg, &dir)?;
         metrics["seed"] = fc.seed.into();
         metrics["fit_seconds"] = fit_report.seconds.into();
         if let Some(p) = &pretrain_report {
@@ -492,12 +504,12 @@ impl Trainable for RecTrainer {
     fn evaluate(&self, cx: &TrainContext<'_>) -> Result<EvalReport, BoxError> {
         let mut parts = RecommenderParts::of(self.config.clone(), &self.ctx)?;
         let data = self.data(cx, &parts, false)?;
-        let text = Self::text_table(&mut parts, &[&data.test.turns], cx.options.progress)?;
+        let text = Self::text_table(&mut parts, &[&data.split(cx.options.split).turns], cx.options.progress)?;
         let vm = VarMap::new();
         let model = self.model(&parts, &vm, 0)?;
         let dir = self.dir_for(cx.options.seed);
         checkpoint::load(&dir, &vm, &self.expected(&parts)?, &parts.device)?;
-        let mut metrics = Self::test_metrics(&model, &data, &text, &parts.kg, &dir)?;
+        let mut metrics = Self::split_metrics(&model, &data, cx.options.split, &text, &parts.kg, &dir)?;
         metrics["seed"] = cx.options.seed.unwrap_or(self.config.train.seed).into();
         Ok(EvalReport { text: metrics_table(&metrics), metrics })
     }
