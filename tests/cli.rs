@@ -60,6 +60,10 @@ fn recipe_check_names_out_of_range_generator_settings() {
         ),
         "{t}"
     );
+    assert!(
+        t.contains("tests/fixtures/bad-generator.toml:12:7: stages.generate.with.finetune.itf: the inverse token frequency exponent"),
+        "{t}"
+    );
 }
 
 #[test]
