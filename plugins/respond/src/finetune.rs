@@ -467,7 +467,8 @@ struct Tuning<'a> {
 }
 
 impl Tuning<'_> {
-    /// The loss of `e`: training (dropout and the unlikelihood term) or held-out (cross-entropy).
+    /// The loss of `e`: training (dropout, the ITF weights and the unlikelihood term) or held-out
+    /// (plain cross-entropy).
     fn loss_of(&mut self, e: &Encoded, training: bool) -> ecr_neural::Result<Tensor> {
         let r = Tensor::from_vec(e.residual.clone(), (e.tokens.len() - 1, self.d), &Device::Cpu)?;
         let (dropout, terms) = if training {
