@@ -1,7 +1,8 @@
-//! Per-instance test outcomes (`test_instances.jsonl`, written beside a
-//! recommender's test metrics) and the paired comparison of two recipes over
-//! the same instances: where one recipe ranks the gold movie in its top k and
-//! the other does not, broken down by what the instance's dialogue carried
+//! Per-instance outcomes (`test_instances.jsonl`, written beside a
+//! recommender's test metrics; `valid_instances.jsonl` for `ecr eval --split
+//! valid`) and the paired comparison of two recipes over the same instances:
+//! where one recipe ranks the gold movie in its top k and the other does not,
+//! broken down by what the instance's dialogue carried
 //! (feedback on the gold movie, emotional context entities, how many context
 //! entities, whether the gold movie was mentioned before).
 //!
@@ -20,10 +21,10 @@ pub fn instances_file(split: ecr_engine::EvalSplit) -> String {
     format!("{}_instances.jsonl", split.name())
 }
 
-/// One test instance (recommender turn, gold movie) and how the model ranked it.
+/// One instance (recommender turn, gold movie) of an evaluated split and how the model ranked it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRecord {
-    /// The recommender turn, by its index among the test split's gold turns.
+    /// The recommender turn, by its index among the evaluated split's gold turns.
     pub turn: usize,
     /// The gold movie's KG id.
     pub gold: u32,

@@ -132,6 +132,12 @@ impl TextTable {
     }
 }
 
+/// The item indices (in `index`, [`Recommender::item_index`]) of the movies a turn's dialogue
+/// mentioned, in order: what the new-items protocol and the repeat baseline leave out or score.
+pub fn mentioned_items(turn: &Features, index: &HashMap<u32, usize>) -> Vec<usize> {
+    turn.mentioned.iter().filter_map(|m| index.get(m).copied()).collect()
+}
+
 /// The one scoring loop of evaluation: every example of `split` in order (batches of 32), handed
 /// to `visit` with its score row and the item indices of the movies its dialogue mentioned.
 fn score_examples(
@@ -147,9 +153,7 @@ fn score_examples(
         let batch = model.batch(&feats, &|t| text.row(t))?;
         let (scores, _) = model.forward(&e, &text.table, &batch)?;
         for (x, row) in chunk.iter().zip(&scores.to_vec2::<f32>()?) {
-            let mentioned: Vec<usize> =
-                split.turns[x.turn].mentioned.iter().filter_map(|m| index.get(m).copied()).collect();
-            visit(x, row, &mentioned);
+            visit(x, row, &mentioned_items(&split.turns[x.turn], &index));
         }
     }
     Ok(())

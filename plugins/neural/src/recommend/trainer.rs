@@ -17,7 +17,7 @@ use super::paired::{InstanceRecord, instances_file, write_instances};
 use super::stage::{PretrainConfig, RecommenderConfig, RecommenderParts, expected_meta, item_set};
 use super::train::{
     GoldTurn, PretrainObjective, PretrainSplit, RecObjective, SplitExamples, TextTable, evaluate_with_concentration,
-    examples_from, explanation_summary,
+    examples_from, explanation_summary, mentioned_items,
 };
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::fit::{Params, fit, param_count};
@@ -265,8 +265,7 @@ impl RecTrainer {
                 .examples
                 .iter()
                 .map(|x| {
-                    let mentioned: Vec<usize> =
-                        eval.turns[x.turn].mentioned.iter().filter_map(|e| index.get(e).copied()).collect();
+                    let mentioned = mentioned_items(&eval.turns[x.turn], &index);
                     Outcome::of(&f(&mentioned), x.gold, &mentioned, x.feedback)
                 })
                 .collect();
@@ -359,8 +358,9 @@ pub fn metrics_table(m: &serde_json::Value) -> String {
     }
     let c = &m["concentration"];
     if let Some(turns) = c["turns"].as_u64() {
+        let split = m["split"].as_str().unwrap_or("test");
         out.push_str(&format!(
-            "-- concentration over {turns} test turns: {} distinct first items, {} distinct in the top 10s; \
+            "-- concentration over {turns} {split} turns: {} distinct first items, {} distinct in the top 10s; \
              the most frequent first item, {}, in {:.1}% of the turns\n",
             c["distinct_top1"],
             c["distinct_top10"],
